@@ -1,0 +1,55 @@
+"""State shared by every engine of one run (the top run and its child RLMs)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ctxfold.budget import Budget, BudgetMeter
+from ctxfold.models import Model, TokenUsage
+from ctxfold.sandbox import Sandbox
+from ctxfold.trace import Event, Trace
+from ctxfold.usage import UsageMeter
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """Knobs of the root loop that are not budgets."""
+
+    concurrency: int = 16  # sub-calls in flight at once per engine
+    output_limit: int = 8000  # characters of cell output shown to the root model
+    prompt_profile: str = "concise"  # "concise" | "small"
+    history_chars: int = 120_000  # root conversation is trimmed to about this many characters
+
+
+@dataclass(slots=True)
+class RunShared:
+    """What the engines of one run share: models, limits, meters, the trace."""
+
+    root_model: Model
+    sub_model: Model
+    models: dict[str, Model]  # names that llm_query(model=...) may pick
+    budget: Budget
+    options: EngineOptions
+    make_sandbox: Callable[[], Sandbox]
+    trace: Trace
+    meter: BudgetMeter = field(init=False)
+    usage: UsageMeter = field(default_factory=UsageMeter)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
+
+    def __post_init__(self) -> None:
+        self.meter = BudgetMeter(self.budget)
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def emit(self, event: Event) -> None:
+        self.trace.emit(event)
+
+    def account(self, *, root: bool, depth: int, model: str, usage: TokenUsage) -> None:
+        """Record one call's usage in the usage roll-up and against the budget."""
+        self.usage.record(root=root, depth=depth, model=model, usage=usage)
+        self.meter.add_usage(usage.total, usage.cost_usd)

@@ -1,0 +1,158 @@
+"""The broker answers sub-call requests coming from code in the sandbox.
+
+It owns parallelism (a bounded thread pool per engine), budget checks, accounting and tracing of
+sub-calls, and recursion into child RLM engines. A failing item yields an error string in its own
+slot; nothing here raises into the sandbox.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ctxfold._run import RunShared
+from ctxfold.models import Message, Model
+from ctxfold.sandbox import SubcallItem, SubcallRequest
+from ctxfold.trace import SubcallEnd, SubcallStart
+
+# (prompt, context, depth of the child) -> the child run's answer
+ChildRunner = Callable[[str, Any, int], str]
+
+_PREVIEW = 200
+_CHARS_PER_TOKEN = 4
+
+
+def error_text(kind: str, message: str) -> str:
+    """The string a failed sub-call returns in its slot (the root model sees it)."""
+    return f"[{kind} error: {message}]"
+
+
+class Broker:
+    """Serves the sub-calls of the engine at ``depth`` (its calls are made at ``depth + 1``)."""
+
+    def __init__(self, shared: RunShared, depth: int, run_child: ChildRunner) -> None:
+        self._shared = shared
+        self._depth = depth
+        self._run_child = run_child
+        self._pool = ThreadPoolExecutor(
+            max_workers=shared.options.concurrency, thread_name_prefix=f"ctxfold-sub{depth}"
+        )
+
+    def handle(self, request: SubcallRequest) -> list[str] | dict[str, Any]:
+        """Answer one request from the sandbox. Never raises."""
+        if request.kind == "budget":
+            return self._shared.meter.remaining()
+        one = self._llm if request.kind == "llm" else self._rlm
+        if len(request.items) == 1:
+            return [self._guarded(one, request.items[0])]
+        return list(self._pool.map(lambda item: self._guarded(one, item), request.items))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _guarded(self, one: Callable[[SubcallItem], str], item: SubcallItem) -> str:
+        try:
+            return one(item)
+        except Exception as exc:  # a bug in a child run must not sink the batch
+            return error_text("sub-call", f"{type(exc).__name__}: {exc}")
+
+    def _pick_model(self, name: str | None) -> Model | str:
+        if name is None:
+            return self._shared.sub_model
+        model = self._shared.models.get(name)
+        if model is None:
+            known = ", ".join(sorted(self._shared.models))
+            return f"unknown model {name!r}; this run allows: {known}"
+        return model
+
+    def _llm(self, item: SubcallItem) -> str:
+        shared, depth = self._shared, self._depth + 1
+        model = self._pick_model(item.model)
+        if isinstance(model, str):
+            return error_text("llm_query", model)
+        if shared.cancelled.is_set():
+            return error_text("llm_query", "the run was cancelled")
+        if shared.budget.depth == 0:
+            return error_text("llm_query", "sub-calls are disabled in this run (Budget.depth=0)")
+        if model.context_window and len(item.prompt) // _CHARS_PER_TOKEN > model.context_window:
+            return error_text(
+                "llm_query",
+                f"prompt of about {len(item.prompt) // _CHARS_PER_TOKEN:,} tokens exceeds the "
+                f"sub-model's window of {model.context_window:,} tokens; send smaller chunks",
+            )
+        if not shared.meter.reserve_sub_call():
+            spent = shared.meter.exhausted() or "sub_calls"
+            return error_text("llm_query", f"budget exhausted ({spent}); no more sub-calls")
+        messages: list[Message] = []
+        if item.system:
+            messages.append({"role": "system", "content": item.system})
+        messages.append({"role": "user", "content": item.prompt})
+        call_id = shared.next_id()
+        shared.emit(
+            SubcallStart(
+                t=shared.trace.elapsed(),
+                depth=depth,
+                call_id=call_id,
+                kind="llm",
+                model=model.name,
+                prompt_chars=len(item.prompt),
+                prompt_preview=item.prompt[:_PREVIEW],
+            )
+        )
+        started = time.monotonic()
+        try:
+            completion = model.complete(messages)
+        except Exception as exc:
+            message = str(exc) or type(exc).__name__
+            self._end(call_id, model.name, started, "", message)
+            return error_text("llm_query", message)
+        shared.account(root=False, depth=depth, model=model.name, usage=completion.usage)
+        self._end(
+            call_id,
+            model.name,
+            started,
+            completion.text,
+            None,
+            completion.usage.input_tokens,
+            completion.usage.output_tokens,
+        )
+        return completion.text
+
+    def _end(
+        self,
+        call_id: int,
+        model: str,
+        started: float,
+        response: str,
+        error: str | None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+    ) -> None:
+        self._shared.emit(
+            SubcallEnd(
+                t=self._shared.trace.elapsed(),
+                depth=self._depth + 1,
+                call_id=call_id,
+                kind="llm",
+                model=model,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                latency_s=time.monotonic() - started,
+                response=response,
+                error=error,
+            )
+        )
+
+    def _rlm(self, item: SubcallItem) -> str:
+        child_depth = self._depth + 1
+        if child_depth >= self._shared.budget.depth:
+            # Past the depth limit a child RLM is a plain sub-call over the same text.
+            prompt = item.prompt
+            if item.context is not None:
+                text = item.context if isinstance(item.context, str) else json.dumps(item.context)
+                prompt = f"{prompt}\n\nContext:\n{text}"
+            return self._llm(SubcallItem(prompt=prompt, system=item.system, model=item.model))
+        return self._run_child(item.prompt, item.context, child_depth)

@@ -1,0 +1,121 @@
+"""Run budgets: the frozen :class:`Budget` users pass in, and the host-side :class:`BudgetMeter`."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ctxfold.errors import BudgetError
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """Limits of one run. ``None`` means unlimited.
+
+    Attributes:
+        iterations: root-model turns.
+        depth: levels of recursion. 1 (the default, as in the paper): sub-calls are plain LLM
+            calls and ``rlm_query`` falls back to one; 2: ``rlm_query`` starts child RLMs whose
+            own sub-calls are plain; 0: no sub-calls at all (an RLM "without sub-calls").
+        tokens: input + output tokens over root and sub calls.
+        usd: dollars over all calls whose price is known.
+        seconds: wall time of the whole run.
+        cell_seconds: time one code cell may run, not counting time spent waiting on sub-calls.
+        sub_calls: number of sub-LLM calls.
+        max_errors: consecutive cells ending in an exception before the run stops.
+    """
+
+    iterations: int = 30
+    depth: int = 1
+    tokens: int | None = None
+    usd: float | None = None
+    seconds: float | None = None
+    cell_seconds: float = 120
+    sub_calls: int | None = None
+    max_errors: int | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.name not in ("iterations", "depth", "cell_seconds"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise BudgetError(f"Budget.{f.name} must be a number, got {value!r}")
+            if f.name in ("iterations", "tokens", "sub_calls", "max_errors", "depth") and (
+                not isinstance(value, int)
+            ):
+                raise BudgetError(f"Budget.{f.name} must be a whole number, got {value!r}")
+            minimum = 0 if f.name == "depth" else 1 if f.name == "iterations" else 0
+            if value < minimum or (f.name in ("cell_seconds", "seconds") and value <= 0):
+                raise BudgetError(f"Budget.{f.name} must be positive, got {value!r}")
+
+
+class BudgetMeter:
+    """Thread-safe running totals of one run (shared by the root loop, the broker and child runs).
+
+    ``exhausted()`` names the first limit that is spent, or returns ``None``.
+    """
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        self._lock = threading.Lock()
+        self._started = time.monotonic()
+        self.iterations = 0
+        self.tokens = 0
+        self.usd = 0.0
+        self.sub_calls = 0
+
+    def add_iteration(self) -> None:
+        with self._lock:
+            self.iterations += 1
+
+    def reserve_sub_call(self) -> bool:
+        """Count one sub-call if the budget allows it; ``False`` means it must not be made."""
+        with self._lock:
+            if self._spent_locked(include_iterations=False) is not None:
+                return False
+            self.sub_calls += 1
+            return True
+
+    def add_usage(self, tokens: int, usd: float | None) -> None:
+        with self._lock:
+            self.tokens += tokens
+            if usd:
+                self.usd += usd
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._started
+
+    def exhausted(self) -> str | None:
+        """The name of the first spent limit (``"iterations"``, ``"tokens"`` ...) or ``None``."""
+        with self._lock:
+            return self._spent_locked(include_iterations=True)
+
+    def _spent_locked(self, *, include_iterations: bool) -> str | None:
+        b = self.budget
+        if include_iterations and self.iterations >= b.iterations:
+            return "iterations"
+        if b.tokens is not None and self.tokens >= b.tokens:
+            return "tokens"
+        if b.usd is not None and self.usd >= b.usd:
+            return "usd"
+        if b.seconds is not None and self.elapsed() >= b.seconds:
+            return "seconds"
+        if b.sub_calls is not None and self.sub_calls >= b.sub_calls:
+            return "sub_calls"
+        return None
+
+    def remaining(self) -> dict[str, Any]:
+        """What is left, as the in-sandbox ``budget()`` returns it."""
+        b = self.budget
+        with self._lock:
+            return {
+                "iterations": b.iterations - self.iterations,
+                "tokens": None if b.tokens is None else max(0, b.tokens - self.tokens),
+                "usd": None if b.usd is None else max(0.0, b.usd - self.usd),
+                "seconds": None if b.seconds is None else max(0.0, b.seconds - self.elapsed()),
+                "sub_calls": None if b.sub_calls is None else max(0, b.sub_calls - self.sub_calls),
+                "depth": b.depth,
+            }

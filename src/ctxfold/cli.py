@@ -1,0 +1,140 @@
+"""The ``ctxfold`` command line: ``ask`` and ``models``. Logic lives in the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from ctxfold.budget import Budget
+from ctxfold.errors import CtxfoldError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit 2, no usage dump
+        self.exit(
+            EXIT_USAGE, f"ctxfold: error: {message} (see 'ctxfold {self.prog.split()[-1]} -h')\n"
+        )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ctxfold", description="Recursive Language Models.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    ask = sub.add_parser("ask", help="answer a question about a large input")
+    ask.add_argument("question")
+    ask.add_argument(
+        "--context",
+        "-c",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="input file(s) or folder(s); '-' reads standard input",
+    )
+    ask.add_argument("--model", "-m", default="local", help="root model spec (default: local)")
+    ask.add_argument("--sub-model", default=None, help="sub-call model spec (default: --model)")
+    ask.add_argument("--trace", default=None, metavar="FILE", help="write the run's JSONL trace")
+    ask.add_argument("--max-iterations", type=int, default=30, metavar="N")
+    ask.add_argument("--json", action="store_true", help="print the result as JSON")
+    ask.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+
+    sub.add_parser("models", help="list the embedded local models and their state")
+    return parser
+
+
+def _read_contexts(paths: list[str]) -> list[Any]:
+    contexts: list[Any] = []
+    for item in paths:
+        if item == "-":
+            data = sys.stdin.buffer.read()
+            try:
+                contexts.append(data.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise CtxfoldError("standard input is not UTF-8 text") from None
+        else:
+            contexts.append(Path(item))
+    return contexts
+
+
+def _ask(args: argparse.Namespace) -> int:
+    from ctxfold._progress import Progress
+    from ctxfold.rlm import RLM
+    from ctxfold.trace import Trace
+
+    budget = Budget(iterations=args.max_iterations)
+    contexts = _read_contexts(args.context)
+    trace = Trace(args.trace)
+    with RLM(model=args.model, sub_model=args.sub_model, budget=budget) as rlm:
+        progress = Progress(budget.iterations)
+        if not args.quiet:
+            trace.subscribe(progress)
+        with progress if not args.quiet else _nothing():
+            if len(contexts) == 1:
+                result = rlm.run(args.question, contexts[0], trace=trace)
+            else:
+                result = rlm.run(args.question, contexts=contexts or None, trace=trace)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "answer": result.answer,
+                    "ready": result.ready,
+                    "stop_reason": result.stop_reason,
+                    "iterations": result.iterations,
+                    "seconds": round(result.seconds, 3),
+                    "usage": result.usage.to_dict(),
+                },
+                ensure_ascii=False,
+            )
+        )
+    else:
+        print(result.answer)
+    if not result.ready and not args.quiet:
+        print(
+            f"ctxfold: the run ended before the model was done ({result.stop_reason}); "
+            "the answer above is its best so far",
+            file=sys.stderr,
+        )
+    return 0 if result.answer else 1
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _models(_: argparse.Namespace) -> int:
+    from ctxfold.models._weights import list_local_models
+
+    for info in list_local_models():
+        state = "verified" if info.verified else "installed" if info.installed else "not installed"
+        print(f"{info.name:<28} {state:<14} {info.path or ''}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ctxfold`` command; returns the exit code."""
+    args = _build_parser().parse_args(argv)
+    handlers = {"ask": _ask, "models": _models}
+    try:
+        return handlers[args.command](args)
+    except CtxfoldError as exc:
+        print(f"ctxfold: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("ctxfold: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _entry() -> None:  # pragma: no cover - console script shim
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    sys.exit(main())

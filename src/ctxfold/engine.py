@@ -1,0 +1,331 @@
+"""The root loop of one RLM run.
+
+``Engine.run`` reads as the algorithm: start the sandbox, ask the root model, run its code, report
+the output back, stop when ``answer["ready"]`` or a budget ends. Each step is a named method.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ctxfold import prompts
+from ctxfold._code import extract_code
+from ctxfold._feedback import describe_cells
+from ctxfold._run import RunShared
+from ctxfold.broker import Broker
+from ctxfold.context import PreparedContext, prepare_contexts
+from ctxfold.errors import CtxfoldError
+from ctxfold.models import Message
+from ctxfold.sandbox import AnswerState, Sandbox
+from ctxfold.trace import (
+    AnswerUpdate,
+    BudgetStop,
+    Cell,
+    Guard,
+    RootRequest,
+    RootResponse,
+    WorkerRestart,
+)
+
+_UNSET_READY = 'answer["ready"] = False'
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How one engine's run ended."""
+
+    answer: str
+    ready: bool
+    stop_reason: (
+        str  # "ready", a budget name ("iterations", "tokens", ...), "max_errors", "error: ..."
+    )
+    turns: int
+
+
+@dataclass(slots=True)
+class _Loop:
+    """Mutable state of the loop."""
+
+    messages: list[Message]
+    prefix_len: int  # system + demonstration + task message: never trimmed
+    turn: int = 0
+    answer: AnswerState = field(default_factory=AnswerState)
+    seen_output: bool = False  # the root model has been shown printed output at least once
+    ready_refused: bool = False  # the early-ready guard fires once per run at most
+    consecutive_errors: int = 0
+    stop_reason: str | None = None
+
+
+class Engine:
+    """Runs the root loop at ``depth`` (0 for the top run; child RLMs are deeper)."""
+
+    def __init__(self, shared: RunShared, depth: int = 0) -> None:
+        self._shared = shared
+        self._depth = depth
+
+    def run(self, question: str, contexts: list[PreparedContext]) -> Outcome:
+        """Answer ``question`` over prepared ``contexts``; always closes its sandbox."""
+        sandbox = self._shared.make_sandbox()
+        broker = Broker(self._shared, self._depth, self._run_child)
+        try:
+            self._start_sandbox(sandbox, broker, contexts)
+            loop = self._first_messages(question, contexts)
+            while loop.stop_reason is None:
+                loop.stop_reason = self._budget_stop(loop)
+                if loop.stop_reason:
+                    break
+                reply = self._ask_root(loop)
+                if reply is None:
+                    break
+                self._run_reply(sandbox, reply, loop)
+            return self._finish(loop)
+        finally:
+            broker.close()
+            sandbox.close()
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def _start_sandbox(
+        self, sandbox: Sandbox, broker: Broker, contexts: list[PreparedContext]
+    ) -> None:
+        sandbox.start(
+            [c.spec for c in contexts],
+            broker.handle,
+            output_limit=self._shared.options.output_limit,
+        )
+
+    def _first_messages(self, question: str, contexts: list[PreparedContext]) -> _Loop:
+        opts, sub = self._shared.options, self._shared.sub_model
+        names = ["context"] if len(contexts) == 1 else [c.spec["name"] for c in contexts]
+        summary = (
+            contexts[0].description.split(". Preview:")[0]
+            if len(contexts) == 1
+            else f"{len(contexts)} inputs, also named " + ", ".join(names)
+        )
+        sub_window = (sub.context_window or 32_000) * 3
+        system = prompts.system_prompt(
+            opts.prompt_profile,
+            context_summary=summary,
+            output_limit=opts.output_limit,
+            sub_window=sub_window,
+        )
+        task = prompts.task_message(
+            question, [(n, c.description) for n, c in zip(names, contexts, strict=True)]
+        )
+        messages: list[Message] = [{"role": "system", "content": system}]
+        demo = prompts.demonstration(opts.prompt_profile)
+        if demo:
+            messages += demo[:-1]
+            task = f"{demo[-1]['content']}\n\n{task}"
+        messages.append({"role": "user", "content": task})
+        return _Loop(messages=messages, prefix_len=len(messages))
+
+    def _budget_stop(self, loop: _Loop) -> str | None:
+        spent = self._shared.meter.exhausted() if self._depth == 0 else self._child_spent(loop)
+        if spent:
+            self._shared.emit(BudgetStop(t=self._now(), depth=self._depth, reason=spent))
+        return spent
+
+    def _child_spent(self, loop: _Loop) -> str | None:
+        # A child run has the run's shared limits but its own iteration count.
+        if loop.turn >= self._shared.budget.iterations:
+            return "iterations"
+        spent = self._shared.meter.exhausted()
+        return None if spent == "iterations" else spent
+
+    def _ask_root(self, loop: _Loop) -> str | None:
+        """One root-model turn; ``None`` (with ``loop.stop_reason`` set) if the model failed."""
+        shared = self._shared
+        loop.turn += 1
+        if self._depth == 0:
+            shared.meter.add_iteration()
+        self._trim_history(loop)
+        shared.emit(
+            RootRequest(
+                t=self._now(),
+                depth=self._depth,
+                turn=loop.turn,
+                messages=len(loop.messages),
+                chars=sum(len(m["content"]) for m in loop.messages),
+            )
+        )
+        started = time.monotonic()
+        try:
+            completion = shared.root_model.complete(loop.messages)
+        except CtxfoldError as exc:
+            loop.stop_reason = f"error: {exc}"
+            return None
+        shared.account(
+            root=True,
+            depth=self._depth,
+            model=completion.model or shared.root_model.name,
+            usage=completion.usage,
+        )
+        shared.emit(
+            RootResponse(
+                t=self._now(),
+                depth=self._depth,
+                turn=loop.turn,
+                text=completion.text,
+                model=shared.root_model.name,
+                input_tokens=completion.usage.input_tokens,
+                output_tokens=completion.usage.output_tokens,
+                latency_s=time.monotonic() - started,
+            )
+        )
+        return completion.text
+
+    def _run_reply(self, sandbox: Sandbox, reply: str, loop: _Loop) -> None:
+        """Run the code blocks of a reply in order and tell the model what happened."""
+        loop.messages.append({"role": "assistant", "content": reply})
+        blocks = extract_code(reply)
+        if not blocks:
+            self._guard(loop, "no code in the reply")
+            loop.messages.append({"role": "user", "content": prompts.NO_CODE})
+            return
+        cells = []
+        for index, code in enumerate(blocks):
+            cell = sandbox.execute(code, timeout=self._shared.budget.cell_seconds)
+            cells.append(cell)
+            self._record_cell(loop, index, code, cell)
+            if cell.answer.ready and not (loop.seen_output or loop.ready_refused):
+                self._refuse_ready(sandbox, loop, cell)
+            if cell.answer.ready or self._too_many_errors(loop, cell):
+                break
+        loop.seen_output = loop.seen_output or any(c.stdout.strip() for c in cells)
+        if loop.answer.ready:
+            loop.stop_reason = "ready"
+            return
+        loop.messages.append(
+            {
+                "role": "user",
+                "content": describe_cells(cells, cell_seconds=self._shared.budget.cell_seconds)
+                + self._turns_left_note(loop),
+            }
+        )
+
+    def _record_cell(self, loop: _Loop, index: int, code: str, cell: Any) -> None:
+        shared = self._shared
+        shared.emit(
+            Cell(
+                t=self._now(),
+                depth=self._depth,
+                turn=loop.turn,
+                index=index,
+                code=code,
+                stdout=cell.stdout,
+                stderr=cell.stderr,
+                error=cell.error,
+                timed_out=cell.timed_out,
+                restarted=cell.restarted,
+                duration_s=cell.duration_s,
+                restored=list(cell.restored),
+            )
+        )
+        if cell.restarted:
+            reason = (cell.error or "worker died").splitlines()[0][:300]
+            shared.emit(
+                WorkerRestart(t=self._now(), depth=self._depth, turn=loop.turn, reason=reason)
+            )
+        if cell.answer_changed or cell.answer != loop.answer:
+            loop.answer = cell.answer
+            shared.emit(
+                AnswerUpdate(
+                    t=self._now(),
+                    depth=self._depth,
+                    turn=loop.turn,
+                    content=cell.answer.content,
+                    ready=cell.answer.ready,
+                )
+            )
+
+    def _refuse_ready(self, sandbox: Sandbox, loop: _Loop, cell: Any) -> None:
+        """``ready`` set before the model has seen any output: undo it and say why."""
+        sandbox.execute(_UNSET_READY, timeout=self._shared.budget.cell_seconds)
+        loop.ready_refused = True
+        loop.answer = AnswerState(content=loop.answer.content, ready=False)
+        cell.answer = loop.answer
+        cell.answer_changed = True
+        self._guard(loop, "ready refused: no output seen yet")
+        cell.stderr += (
+            '\n[ctxfold] answer["ready"] was set before you had seen any printed output, so it was '
+            "reset to False. Check the output above; if it supports the answer, set "
+            'answer["ready"] = True again.'
+        )
+
+    def _too_many_errors(self, loop: _Loop, cell: Any) -> bool:
+        loop.consecutive_errors = loop.consecutive_errors + 1 if cell.error else 0
+        limit = self._shared.budget.max_errors
+        if limit is not None and loop.consecutive_errors >= limit:
+            loop.stop_reason = "max_errors"
+            return True
+        return False
+
+    def _finish(self, loop: _Loop) -> Outcome:
+        reason = loop.stop_reason or "iterations"
+        if loop.answer.ready:
+            return Outcome(loop.answer.content, True, reason, loop.turn)
+        content = loop.answer.content or self._last_word(loop, reason)
+        return Outcome(content, False, reason, loop.turn)
+
+    def _last_word(self, loop: _Loop, reason: str) -> str:
+        """No answer when the budget ended: one last root call asks for the best answer."""
+        if reason.startswith("error") or self._shared.cancelled.is_set():
+            return ""
+        ask: Message = {"role": "user", "content": prompts.FINAL_REQUEST.format(reason=reason)}
+        messages = [*loop.messages]
+        if messages[-1]["role"] == "user":
+            messages[-1] = {
+                "role": "user",
+                "content": f"{messages[-1]['content']}\n\n{ask['content']}",
+            }
+        else:
+            messages.append(ask)
+        try:
+            completion = self._shared.root_model.complete(messages)
+        except CtxfoldError:
+            return ""
+        self._shared.account(
+            root=True, depth=self._depth, model=self._shared.root_model.name, usage=completion.usage
+        )
+        return completion.text.strip()
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _run_child(self, prompt: str, context: Any, depth: int) -> str:
+        """Run a child RLM (``rlm_query``) with its own sandbox; returns its answer."""
+        with tempfile.TemporaryDirectory(prefix="ctxfold-in-") as workdir:
+            contexts = prepare_contexts(context, workdir=Path(workdir))
+            outcome = Engine(self._shared, depth).run(prompt, contexts)
+        return outcome.answer
+
+    def _trim_history(self, loop: _Loop) -> None:
+        """Keep the conversation under ``history_chars``: old outputs first, then old turns."""
+        limit = self._shared.options.history_chars
+        msgs = loop.messages
+
+        def size() -> int:
+            return sum(len(m["content"]) for m in msgs)
+
+        keep_tail = 4  # the last two exchanges stay whole
+        i = loop.prefix_len
+        while size() > limit and i < len(msgs) - keep_tail:
+            if msgs[i]["role"] == "user" and not msgs[i]["content"].startswith("[elided"):
+                msgs[i] = {"role": "user", "content": "[elided: an older output, to save space]"}
+            i += 1
+        while size() > limit and len(msgs) - loop.prefix_len > keep_tail:
+            del msgs[loop.prefix_len : loop.prefix_len + 2]
+
+    def _turns_left_note(self, loop: _Loop) -> str:
+        left = self._shared.budget.iterations - loop.turn
+        return f"\n\n[{left} turns left]" if left <= 3 else ""
+
+    def _guard(self, loop: _Loop, reason: str) -> None:
+        self._shared.emit(Guard(t=self._now(), depth=self._depth, turn=loop.turn, reason=reason))
+
+    def _now(self) -> float:
+        return self._shared.trace.elapsed()

@@ -1,0 +1,221 @@
+"""The public entry point: :class:`RLM` and the :class:`Result` of a run."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ctxfold._run import EngineOptions, RunShared
+from ctxfold.budget import Budget
+from ctxfold.context import prepare_contexts
+from ctxfold.engine import Engine
+from ctxfold.errors import CtxfoldError
+from ctxfold.models import Model, resolve_model
+from ctxfold.prompts import PROFILES
+from ctxfold.sandbox import Sandbox, make_sandbox
+from ctxfold.trace import RunEnd, RunStart, Trace
+from ctxfold.usage import Usage
+
+__version__ = "0.1.0"
+
+SandboxSpec = str | Sandbox | Callable[[], Sandbox]
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The outcome of :meth:`RLM.run`.
+
+    ``ready`` is true when the model declared its answer final; false when a budget (or an error)
+    ended the run, in which case ``answer`` is the best answer so far. ``stop_reason`` says why
+    the run ended: ``"ready"``, the name of the spent budget, ``"max_errors"``, ``"error: ..."``.
+    """
+
+    answer: str
+    ready: bool
+    usage: Usage
+    trace: Trace
+    stop_reason: str
+    iterations: int
+    seconds: float
+
+
+class RLM:
+    """A Recursive Language Model: a root model that works on ``context`` through code.
+
+    Args:
+        model: the root model: ``"local"`` (embedded, offline), ``"openai:NAME"``,
+            ``"openai:NAME@http://host:port/v1"``, ``"anthropic:NAME"``, or a ``Model`` object.
+        sub_model: the model behind ``llm_query``/``llm_batch``; defaults to ``model``.
+        budget: the run's limits.
+        sandbox: ``"process"`` (an isolated worker process), a Sandbox object, or a factory.
+        concurrency: sub-calls in flight at once for one ``llm_batch``.
+        output_limit: characters of a cell's output shown to the root model (head and tail kept).
+        prompt_profile: ``"concise"`` for strong models, ``"small"`` (demonstration turns) for
+            small ones; ``"auto"`` picks ``"small"`` for local models.
+        models: extra named models code may pick with ``llm_query(..., model=NAME)``.
+    """
+
+    def __init__(
+        self,
+        model: str | Model = "local",
+        sub_model: str | Model | None = None,
+        *,
+        budget: Budget | None = None,
+        sandbox: SandboxSpec = "process",
+        concurrency: int = 16,
+        output_limit: int | None = None,
+        prompt_profile: str = "auto",
+        models: Mapping[str, str | Model] | None = None,
+    ) -> None:
+        if budget is not None and not isinstance(budget, Budget):
+            raise CtxfoldError(f"budget must be a ctxfold.Budget, got {type(budget).__name__}")
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+            raise CtxfoldError(f"concurrency must be a whole number >= 1, got {concurrency!r}")
+        if prompt_profile not in (*PROFILES, "auto"):
+            raise CtxfoldError(f"prompt_profile must be one of auto, {', '.join(PROFILES)}")
+        if output_limit is not None and (not isinstance(output_limit, int) or output_limit < 200):
+            raise CtxfoldError(f"output_limit must be a whole number >= 200, got {output_limit!r}")
+        self.budget = budget or Budget()
+        self._owned: list[Model] = []
+        self.model = self._resolve(model)
+        self.sub_model = self.model if sub_model is None else self._resolve(sub_model)
+        self._models = {self.model.name: self.model, self.sub_model.name: self.sub_model}
+        for name, spec in (models or {}).items():
+            self._models[name] = self._resolve(spec)
+        self._sandbox = sandbox
+        make_sandbox(sandbox) if isinstance(sandbox, str) else None  # validate the spec early
+        self._options = self._engine_options(concurrency, output_limit, prompt_profile)
+
+    def _resolve(self, spec: str | Model) -> Model:
+        model = resolve_model(spec)
+        if isinstance(spec, str):
+            self._owned.append(model)
+        return model
+
+    def _engine_options(
+        self, concurrency: int, output_limit: int | None, profile: str
+    ) -> EngineOptions:
+        window = self.model.context_window
+        if profile == "auto":
+            profile = "small" if self.model.name.startswith("local") else "concise"
+        if output_limit is None:
+            output_limit = 8000 if window is None else max(1000, min(8000, window // 2))
+        history = 120_000 if window is None else max(8_000, int(window * 3 * 0.6))
+        return EngineOptions(
+            concurrency=concurrency,
+            output_limit=output_limit,
+            prompt_profile=profile,
+            history_chars=history,
+        )
+
+    def _sandbox_factory(self) -> Callable[[], Sandbox]:
+        spec = self._sandbox
+        if isinstance(spec, str):
+            return lambda: make_sandbox(spec)
+        if hasattr(spec, "execute"):
+            # One given object serves the top run; child runs get their own process sandbox.
+            first: list[Sandbox] = [spec]  # type: ignore[list-item]
+            return lambda: first.pop() if first else make_sandbox("process")
+        return spec  # type: ignore[return-value]
+
+    def run(
+        self,
+        question: str,
+        context: Any = None,
+        *,
+        contexts: Sequence[Any] | None = None,
+        trace: str | os.PathLike[str] | Trace | None = None,
+    ) -> Result:
+        """Answer ``question`` about ``context`` (str, bytes, a file or folder Path, list, dict).
+
+        Several inputs go in ``contexts=[...]`` and become ``context_0 ... context_N``.
+        ``trace`` is a path to stream the run's events to as JSONL while it runs, or a
+        :class:`Trace` (e.g. one with subscribed listeners) to record into.
+        """
+        if not isinstance(question, str) or not question.strip():
+            raise CtxfoldError("question must be a non-empty string")
+        run_trace = trace if isinstance(trace, Trace) else Trace(trace)
+        shared = RunShared(
+            root_model=self.model,
+            sub_model=self.sub_model,
+            models=self._models,
+            budget=self.budget,
+            options=self._options,
+            make_sandbox=self._sandbox_factory(),
+            trace=run_trace,
+        )
+        try:
+            with tempfile.TemporaryDirectory(prefix="ctxfold-in-") as workdir:
+                prepared = prepare_contexts(context, contexts, workdir=Path(workdir))
+                shared.emit(
+                    RunStart(
+                        run_id=uuid.uuid4().hex,
+                        question=question,
+                        model=self.model.name,
+                        sub_model=self.sub_model.name,
+                        budget=asdict(self.budget),
+                        contexts=[c.description for c in prepared],
+                        version=__version__,
+                    )
+                )
+                try:
+                    outcome = Engine(shared).run(question, prepared)
+                except BaseException:
+                    shared.cancelled.set()
+                    self._end(shared, "", False, "interrupted")
+                    raise
+            usage = self._end(shared, outcome.answer, outcome.ready, outcome.stop_reason)
+            return Result(
+                answer=outcome.answer,
+                ready=outcome.ready,
+                usage=usage,
+                trace=run_trace,
+                stop_reason=outcome.stop_reason,
+                iterations=outcome.turns,
+                seconds=run_trace.elapsed(),
+            )
+        finally:
+            run_trace.close()
+
+    def _end(self, shared: RunShared, answer: str, ready: bool, reason: str) -> Usage:
+        usage = shared.usage.snapshot()
+        shared.emit(
+            RunEnd(
+                t=shared.trace.elapsed(),
+                answer=answer,
+                ready=ready,
+                stop_reason=reason,
+                usage=usage.to_dict(),
+                seconds=shared.trace.elapsed(),
+            )
+        )
+        return usage
+
+    async def arun(
+        self,
+        question: str,
+        context: Any = None,
+        *,
+        contexts: Sequence[Any] | None = None,
+        trace: str | os.PathLike[str] | Trace | None = None,
+    ) -> Result:
+        """Like :meth:`run`, for asyncio code (the run happens in a worker thread)."""
+        return await asyncio.to_thread(self.run, question, context, contexts=contexts, trace=trace)
+
+    def close(self) -> None:
+        """Release the model clients this RLM created (e.g. stop the local model server)."""
+        for model in self._owned:
+            model.close()
+        self._owned.clear()
+
+    def __enter__(self) -> RLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

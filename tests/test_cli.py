@@ -1,0 +1,165 @@
+"""The command line, run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ctxfold.testing.fake_openai import FakeOpenAIServer
+
+
+def ctxfold(
+    *args: str, stdin: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ctxfold", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _reply(messages: list[dict]) -> str:
+    if "Output:" in messages[-1]["content"]:
+        return '```python\nanswer["content"] = "the answer"\nanswer["ready"] = True\n```'
+    return "```python\nprint(len(context))\n```"
+
+
+def test_ask_prints_the_answer(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.txt"
+    doc.write_text("some text\n" * 100)
+    with FakeOpenAIServer(_reply) as server:
+        proc = ctxfold("ask", "q?", "--context", str(doc), "--model", f"openai:m@{server.base_url}")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "the answer"
+    assert proc.stderr == ""  # no progress when stderr is not a terminal
+
+
+def test_ask_json_from_stdin_with_trace(tmp_path: Path) -> None:
+    trace = tmp_path / "t.jsonl"
+    with FakeOpenAIServer(_reply) as server:
+        proc = ctxfold(
+            "ask",
+            "q?",
+            "--context",
+            "-",
+            "--model",
+            f"openai:m@{server.base_url}",
+            "--json",
+            "--trace",
+            str(trace),
+            stdin="hello from stdin",
+        )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["answer"] == "the answer" and out["ready"] is True
+    assert out["usage"]["root"]["calls"] == 2
+    cells = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert any(e["type"] == "cell" and e["stdout"].strip() == "16" for e in cells)
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    cases = [
+        (
+            "ask",
+            "q",
+            "--context",
+            str(tmp_path / "missing.txt"),
+            "--model",
+            "openai:x@http://127.0.0.1:9/v1",
+        ),
+        ("ask", "q", "--model", "nonsense:model"),
+        ("ask", "q", "--model", "openai:gpt-5-mini"),
+        ("ask", "q", "--max-iterations", "zero"),
+        ("ask", "q", "--max-iterations", "0", "--model", "openai:x@http://127.0.0.1:9/v1"),
+        ("frobnicate",),
+    ]
+    env_free = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    for args in cases:
+        proc = subprocess.run(
+            [sys.executable, "-m", "ctxfold", *args],
+            capture_output=True,
+            text=True,
+            env=env_free,
+            timeout=60,
+        )
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("ctxfold: error:"), (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+
+
+def test_binary_stdin_is_refused() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ctxfold",
+            "ask",
+            "q",
+            "--context",
+            "-",
+            "--model",
+            "openai:x@http://127.0.0.1:9/v1",
+        ],
+        input=b"\xff\xfe\x00binary",
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert b"not UTF-8" in proc.stderr
+
+
+def test_ctrl_c_flushes_trace_and_exits_130(tmp_path: Path) -> None:
+    trace = tmp_path / "t.jsonl"
+    workers_before = _workers()
+    slow = '```python\nimport time\nprint("start", flush=True)\ntime.sleep(60)\n```'
+    with FakeOpenAIServer(lambda m: slow) as server:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ctxfold",
+                "ask",
+                "q",
+                "--context",
+                "-",
+                "--model",
+                f"openai:m@{server.base_url}",
+                "--trace",
+                str(trace),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdin is not None
+        proc.stdin.write("data")
+        proc.stdin.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if trace.exists() and "root_response" in trace.read_text():
+                break
+            time.sleep(0.05)
+        time.sleep(0.5)  # let the cell start
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    events = [json.loads(line)["type"] for line in trace.read_text().splitlines()]
+    assert events[0] == "run_start" and events[-1] == "run_end"
+    ends = [json.loads(line) for line in trace.read_text().splitlines()][-1]
+    assert ends["stop_reason"] == "interrupted"
+    time.sleep(0.2)
+    assert _workers() <= workers_before
+
+
+def _workers() -> set[str]:
+    out = subprocess.run(["pgrep", "-f", "sandbox/_worker.py"], capture_output=True, text=True)
+    return set(out.stdout.split())
