@@ -298,3 +298,12 @@ def test_ready_guard_fires_only_once() -> None:
     rlm = make_rlm([code('FINAL("a")'), code('FINAL("b")'), code('FINAL("c")')])
     result = rlm.run("q", context="data")
     assert result.answer == "b" and result.iterations == 2
+
+
+def test_best_answer_survives_a_worker_crash() -> None:
+    rlm = make_rlm(
+        [code('answer["content"] = "kept"\nprint(1)'), code("import os\nos._exit(1)")],
+        budget=ctxfold.Budget(iterations=2),
+    )
+    result = rlm.run("q", context="data")
+    assert result.answer == "kept" and not result.ready

@@ -27,7 +27,7 @@ _CHARS_PER_TOKEN = 4
 
 def error_text(kind: str, message: str) -> str:
     """The string a failed sub-call returns in its slot (the root model sees it)."""
-    return f"[{kind} error: {message}]"
+    return f"[error: {kind}: {message}]"
 
 
 class Broker:

@@ -54,6 +54,7 @@ class _Loop:
     prefix_len: int  # system + demonstration + task message: never trimmed
     turn: int = 0
     answer: AnswerState = field(default_factory=AnswerState)
+    best: str = ""  # the last non-empty answer content (survives a worker restart)
     seen_output: bool = False  # the root model has been shown printed output at least once
     ready_refused: bool = False  # the early-ready guard fires once per run at most
     consecutive_errors: int = 0
@@ -233,6 +234,7 @@ class Engine:
             )
         if cell.answer_changed or cell.answer != loop.answer:
             loop.answer = cell.answer
+            loop.best = cell.answer.content or loop.best
             shared.emit(
                 AnswerUpdate(
                     t=self._now(),
@@ -269,7 +271,7 @@ class Engine:
         reason = loop.stop_reason or "iterations"
         if loop.answer.ready:
             return Outcome(loop.answer.content, True, reason, loop.turn)
-        content = loop.answer.content or self._last_word(loop, reason)
+        content = loop.answer.content or loop.best or self._last_word(loop, reason)
         return Outcome(content, False, reason, loop.turn)
 
     def _last_word(self, loop: _Loop, reason: str) -> str:

@@ -122,7 +122,7 @@ class RLM:
             # One given object serves the top run; child runs get their own process sandbox.
             first: list[Sandbox] = [spec]  # type: ignore[list-item]
             return lambda: first.pop() if first else make_sandbox("process")
-        return spec  # type: ignore[return-value]
+        return spec
 
     def run(
         self,

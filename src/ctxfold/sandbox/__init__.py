@@ -1,0 +1,52 @@
+"""Sandboxes: where model-written code runs. See :class:`Sandbox` for the seam."""
+
+from __future__ import annotations
+
+from ctxfold.errors import SandboxError
+from ctxfold.sandbox._base import (
+    AnswerState,
+    CellResult,
+    ContextSpec,
+    Sandbox,
+    SubcallHandler,
+    SubcallItem,
+    SubcallRequest,
+)
+from ctxfold.sandbox.process import ProcessSandbox
+
+__all__ = [
+    "AnswerState",
+    "CellResult",
+    "ContextSpec",
+    "ProcessSandbox",
+    "Sandbox",
+    "SubcallHandler",
+    "SubcallItem",
+    "SubcallRequest",
+    "make_sandbox",
+]
+
+_NAMES = ("process", "docker")
+
+
+def make_sandbox(spec: str | Sandbox) -> Sandbox:
+    """The sandbox for ``spec``.
+
+    ``"process"`` gives a :class:`ProcessSandbox`; an object with ``start``/``execute``/``close``
+    is returned as it is. Anything else raises :class:`SandboxError`.
+    """
+    if isinstance(spec, str):
+        name = spec.strip().lower()
+        if name == "process":
+            return ProcessSandbox()
+        if name == "docker":
+            raise SandboxError("the docker sandbox is not available yet")
+        raise SandboxError(
+            f"unknown sandbox {spec!r}: use one of {', '.join(_NAMES)}, or a Sandbox object"
+        )
+    if all(callable(getattr(spec, method, None)) for method in ("start", "execute", "close")):
+        return spec
+    raise SandboxError(
+        f"sandbox must be one of {', '.join(_NAMES)} or an object with start/execute/close, "
+        f"got {type(spec).__name__}"
+    )

@@ -1,0 +1,637 @@
+"""The sandbox worker: runs model-written code cells in one persistent namespace.
+
+This file is a self-contained program (standard library only; it never imports ctxfold). The host
+starts it as ``python -I -u _worker.py READ_FD WRITE_FD``. The two fds carry the message channel:
+each message is a 4-byte big-endian length followed by UTF-8 JSON. fds 1 and 2 are a plain pipe
+the host drains, so nothing model code writes there can pass for a channel message.
+
+Threads: a reader thread owns the channel's read side. ``reply`` messages complete pending
+sub-calls (so threads in model code may call ``llm_query`` at once); ``exec`` and ``shutdown`` go
+to a queue served by the main thread, where cells run (so the host's SIGINT interrupts a cell).
+"""
+
+import ast
+import builtins
+import contextlib
+import io
+import json
+import linecache
+import mmap
+import os
+import queue
+import signal
+import struct
+import sys
+import threading
+import time
+import traceback
+import types
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+_HEADER = struct.Struct(">I")
+_MMAP_MIN_BYTES = 64 * 1024 * 1024  # text files at least this big are decoded from an mmap
+_MAX_SEND = 48 * 1024 * 1024  # one outgoing frame (the host refuses frames over 64 MiB)
+_MAX_ANSWER_CHARS = 4_000_000
+_ASYNC_FLAGS = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+
+
+class _BoundedWriter(io.TextIOBase):
+    """A text stream that keeps the first and last ``limit/2`` characters and counts the rest."""
+
+    encoding = "utf-8"
+    errors = "strict"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self._head_max = max(limit, 0) // 2
+        self._tail_max = max(limit, 0) - self._head_max
+        self._head: list[str] = []
+        self._head_len = 0
+        self._tail: list[str] = []
+        self._tail_len = 0
+        self._cut = 0
+        self._lock = threading.Lock()
+        self.buffer = _ByteSink(self)
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, s: str) -> int:
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        n = len(s)
+        with self._lock:
+            start = min(max(self._head_max - self._head_len, 0), n)
+            if start:
+                self._head.append(s[:start])
+                self._head_len += start
+            rest = n - start
+            if rest >= self._tail_max:
+                self._cut += self._tail_len + rest - self._tail_max
+                self._tail = [s[n - self._tail_max :]] if self._tail_max else []
+                self._tail_len = self._tail_max
+            elif rest:
+                self._tail.append(s[start:])
+                self._tail_len += rest
+                if self._tail_len > 2 * self._tail_max + 1024:
+                    self._trim_tail()
+        return n
+
+    def _trim_tail(self) -> None:
+        joined = "".join(self._tail)
+        excess = len(joined) - self._tail_max
+        if excess > 0:
+            self._cut += excess
+            joined = joined[excess:]
+        self._tail = [joined]
+        self._tail_len = len(joined)
+
+    def getvalue(self) -> str:
+        """The text kept, with a note of how many characters were cut from its middle."""
+        with self._lock:
+            self._trim_tail()
+            head, tail = "".join(self._head), "".join(self._tail)
+            if not self._cut:
+                return head + tail
+            return f"{head}\n[... {self._cut} characters cut ...]\n{tail}"
+
+
+class _ByteSink:
+    """``sys.stdout.buffer`` for code that writes bytes: decoded as UTF-8 into the text writer."""
+
+    def __init__(self, text: _BoundedWriter) -> None:
+        self._text = text
+
+    def write(self, data: bytes) -> int:
+        self._text.write(bytes(data).decode("utf-8", "replace"))
+        return len(data)
+
+    def flush(self) -> None:
+        return None
+
+
+def _cut(text: str, limit: int) -> str:
+    writer = _BoundedWriter(limit)
+    writer.write(text)
+    return writer.getvalue()
+
+
+class _Interrupts:
+    """SIGINT from the host: a KeyboardInterrupt in the running cell, never mid-way through a
+    channel write (that would tear a frame); outside cells it is ignored."""
+
+    def __init__(self) -> None:
+        self.in_cell = False
+        self._shielded = False
+        self._deferred = False
+        self._main = threading.main_thread().ident
+
+    def reset(self) -> None:
+        self._deferred = False
+
+    def handler(self, signum: int, frame: types.FrameType | None) -> None:
+        if not self.in_cell:
+            return
+        if self._shielded:
+            self._deferred = True
+            return
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def shield(self) -> Iterator[None]:
+        if threading.get_ident() != self._main or self._shielded:
+            yield
+            return
+        self._shielded = True
+        try:
+            yield
+        finally:
+            self._shielded = False
+        if self._deferred and self.in_cell:
+            self._deferred = False
+            raise KeyboardInterrupt
+
+
+_INTERRUPTS = _Interrupts()
+
+
+class _Pending:
+    """One sub-call waiting for the host's reply."""
+
+    __slots__ = ("done", "value")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: Any = None
+
+
+class _Channel:
+    """The framed JSON channel to the host, with the table of pending sub-calls."""
+
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self._reader = open(read_fd, "rb", buffering=1 << 16)  # noqa: SIM115 (lives forever)
+        self._write_fd = write_fd
+        self._write_lock = threading.Lock()
+        self._pending: dict[int, _Pending] = {}
+        self._pending_lock = threading.Lock()
+        self._next_id = 0
+        self.inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Send one message (thread-safe)."""
+        data = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+        self.send_raw(data.encode("utf-8", "replace"))
+
+    def send_raw(self, payload: bytes) -> None:
+        frame = memoryview(_HEADER.pack(len(payload)) + payload)
+        with _INTERRUPTS.shield(), self._write_lock:
+            try:
+                while frame:
+                    frame = frame[os.write(self._write_fd, frame) :]
+            except OSError:
+                os._exit(0)  # the host is gone
+
+    def _recv(self) -> dict[str, Any] | None:
+        header = self._reader.read(_HEADER.size)
+        if len(header) < _HEADER.size:
+            return None
+        (size,) = _HEADER.unpack(header)
+        payload = self._reader.read(size)
+        if len(payload) < size:
+            return None
+        message = json.loads(payload)
+        return message if isinstance(message, dict) else {}
+
+    def read_forever(self) -> None:
+        """Reader thread: route replies to waiters and everything else to ``inbox``."""
+        while True:
+            try:
+                message = self._recv()
+            except (OSError, ValueError):
+                message = None
+            if message is None:
+                os._exit(0)  # channel EOF: the host is gone
+            if message.get("op") == "reply":
+                with self._pending_lock:
+                    pending = self._pending.pop(message.get("id", -1), None)
+                if pending is not None:
+                    pending.value = message.get("results")
+                    pending.done.set()
+            else:
+                self.inbox.put(message)
+
+    def call(self, kind: str, encoded_items: list[bytes]) -> list[Any]:
+        """Send items (pre-encoded JSON objects) in as few frames as fit; return the replies."""
+        frames: list[list[bytes]] = [[]]
+        size = 0
+        for item in encoded_items:
+            if frames[-1] and size + len(item) > _MAX_SEND - 1024:
+                frames.append([])
+                size = 0
+            frames[-1].append(item)
+            size += len(item) + 1
+        waits: list[tuple[int, _Pending, int]] = []
+        try:
+            for chunk in frames:
+                pending = _Pending()
+                with self._pending_lock:
+                    self._next_id += 1
+                    call_id = self._next_id
+                    self._pending[call_id] = pending
+                waits.append((call_id, pending, len(chunk)))
+                head = f'{{"op":"call","id":{call_id},"kind":"{kind}","items":['.encode()
+                self.send_raw(head + b",".join(chunk) + b"]}")
+            replies: list[Any] = []
+            for _, pending, count in waits:
+                pending.done.wait()
+                replies.extend(_reply_slots(pending.value, count))
+            return replies
+        finally:
+            with self._pending_lock:
+                for call_id, _, _ in waits:
+                    self._pending.pop(call_id, None)
+
+
+def _reply_slots(value: Any, count: int) -> list[Any]:
+    if count == 0:
+        return [value]
+    if not isinstance(value, list):
+        return ["[error: the host sent no answer for this sub-call]"] * count
+    slots = [v if isinstance(v, str) else f"[error: bad reply {v!r:.80}]" for v in value[:count]]
+    return slots + ["[error: the host sent no answer for this sub-call]"] * (count - len(slots))
+
+
+def _item_fields(item: Any, where: str, with_context: bool) -> dict[str, Any] | str:
+    """Check one prompt item; the wire dict, or an error string for its slot."""
+    if isinstance(item, str):
+        return {"prompt": item}
+    if not isinstance(item, dict):
+        return (
+            f"[error: {where}: expected a str or a dict with a 'prompt', got {type(item).__name__}]"
+        )
+    fields = {
+        "prompt": item.get("prompt"),
+        "system": item.get("system"),
+        "model": item.get("model"),
+    }
+    if not isinstance(fields["prompt"], str):
+        return f"[error: {where}: 'prompt' must be a str, got {type(fields['prompt']).__name__}]"
+    for key in ("system", "model"):
+        if fields[key] is not None and not isinstance(fields[key], str):
+            return f"[error: {where}: '{key}' must be a str or None]"
+    if with_context:
+        fields["context"] = item.get("context")
+    return fields
+
+
+def _encode_item(fields: dict[str, Any], where: str) -> bytes | str:
+    try:
+        data = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        return f"[error: {where}: the context is not JSON-serialisable ({exc})]"
+    encoded = data.encode("utf-8", "replace")
+    if len(encoded) > _MAX_SEND - 1024:
+        return f"[error: {where}: too large to send ({len(encoded)} bytes); send a smaller slice]"
+    return encoded
+
+
+def _size_note(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    if isinstance(shape, tuple):
+        return f" shape={shape}"
+    try:
+        return f" len={len(value)}"
+    except Exception:
+        return ""
+
+
+def _no_input(prompt: object = "") -> str:
+    """input() is not available: nobody is there to type. Compute the value in code instead."""
+    raise RuntimeError("input() is not available in the sandbox: there is no user to type")
+
+
+class _Worker:
+    """The persistent namespace and the cells run in it."""
+
+    def __init__(self, channel: _Channel) -> None:
+        self._channel = channel
+        self._output_limit = 8000
+        self._cells = 0
+        self._module = types.ModuleType("__main__")
+        self.ns: dict[str, Any] = self._module.__dict__
+        self._answer: dict[str, Any] = {"content": "", "ready": False}
+        self._scaffold: dict[str, Any] = {}
+
+    # ---- setup ----
+
+    def init(self, message: dict[str, Any]) -> None:
+        """Load the contexts and build the namespace."""
+        limit = message.get("output_limit")
+        if isinstance(limit, int) and limit > 0:
+            self._output_limit = limit
+        self.ns["__builtins__"] = builtins
+        contexts = message.get("contexts") or []
+        for spec in contexts:
+            self._scaffold[str(spec["name"])] = _load_context(spec)
+        if contexts and "context" not in self._scaffold:
+            self._scaffold["context"] = self._scaffold[str(contexts[0]["name"])]
+        for fn in _make_functions(self):
+            self._scaffold[fn.__name__] = fn
+        self.ns.update(self._scaffold)
+        self.ns["answer"] = self._answer
+        sys.modules["__main__"] = self._module
+
+    @property
+    def scaffold_names(self) -> list[str]:
+        return list(self._scaffold)
+
+    def call(self, kind: str, items: list[bytes]) -> list[Any]:
+        return self._channel.call(kind, items)
+
+    # ---- cells ----
+
+    def run_cell(self, code: str) -> dict[str, Any]:
+        """Run one cell; return the ``result`` message."""
+        self._cells += 1
+        filename = f"<cell {self._cells}>"
+        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+        out, err = _BoundedWriter(self._output_limit), _BoundedWriter(self._output_limit)
+        before = _answer_fields(self._answer)
+        error: str | None = None
+        timed_out = False
+        saved = sys.stdout, sys.stderr
+        start = time.perf_counter()
+        signal.signal(signal.SIGINT, _INTERRUPTS.handler)  # the cell before may have changed it
+        _INTERRUPTS.reset()
+        sys.stdout, sys.stderr = out, err
+        try:
+            try:
+                _INTERRUPTS.in_cell = True
+                self._exec(code, filename)
+            finally:
+                _INTERRUPTS.in_cell = False
+        except KeyboardInterrupt as exc:
+            timed_out = True
+            error = _cut(_format_exception(exc), self._output_limit)
+        except BaseException as exc:
+            error = _cut(_format_exception(exc), self._output_limit)
+        finally:
+            sys.stdout, sys.stderr = saved
+        duration = time.perf_counter() - start
+        restored = self._restore_scaffold()
+        content, ready = _answer_fields(self._answer)
+        return {
+            "op": "result",
+            "stdout": out.getvalue(),
+            "stderr": err.getvalue(),
+            "error": error,
+            "timed_out": timed_out,
+            "duration_s": duration,
+            "answer": {"content": content, "ready": ready},
+            "answer_changed": (content, ready) != before,
+            "restored": restored,
+        }
+
+    def _exec(self, code: str, filename: str) -> None:
+        tree = ast.parse(code, filename, "exec")
+        last: ast.expr | None = None
+        final = tree.body[-1] if tree.body else None
+        if isinstance(final, ast.Expr):  # a trailing expression is shown, as a REPL shows it
+            last = final.value
+            tree.body.pop()
+        body = compile(tree, filename, "exec", flags=_ASYNC_FLAGS, dont_inherit=True)
+        _run_code(body, self.ns)
+        if last is not None:
+            expr = compile(ast.Expression(last), filename, "eval", _ASYNC_FLAGS, dont_inherit=True)
+            value = _run_code(expr, self.ns)
+            if isinstance(value, str | bytes) and len(value) > self._output_limit:
+                print(f"{value[: self._output_limit]!r} ... ({len(value)} long)")
+            elif value is not None:
+                print(repr(value))
+
+    def _restore_scaffold(self) -> list[str]:
+        restored: list[str] = []
+        for name, original in self._scaffold.items():
+            if self.ns.get(name, restored) is not original:
+                self.ns[name] = original
+                restored.append(name)
+        if self.ns.get("__builtins__") is not builtins:
+            self.ns["__builtins__"] = builtins
+        current = self.ns.get("answer")
+        if isinstance(current, dict):
+            self._answer = current  # adopted: `answer = {...}` is a fine way to answer
+        else:
+            self.ns["answer"] = self._answer
+            restored.append("answer")
+        return restored
+
+    def answer_dict(self) -> dict[str, Any]:
+        current = self.ns.get("answer")
+        if not isinstance(current, dict):
+            current = self.ns["answer"] = {"content": "", "ready": False}
+        return current
+
+
+def _run_code(code: types.CodeType, ns: dict[str, Any]) -> Any:
+    value = eval(code, ns)
+    if code.co_flags & 0x80:  # CO_COROUTINE: the cell used top-level await
+        import asyncio  # rarely needed, slow to import
+
+        value = asyncio.run(value)
+    return value
+
+
+def _answer_fields(answer: dict[str, Any]) -> tuple[str, bool]:
+    try:
+        content = answer.get("content", "")
+        content = "" if content is None else content if isinstance(content, str) else str(content)
+    except Exception:
+        content = "<the answer content could not be turned into text>"
+    if len(content) > _MAX_ANSWER_CHARS:
+        content = content[:_MAX_ANSWER_CHARS] + "\n[... answer cut ...]"
+    try:
+        ready = bool(answer.get("ready", False))
+    except Exception:
+        ready = False
+    return content, ready
+
+
+def _keep_cell_frames(exc: traceback.TracebackException, seen: set[int]) -> None:
+    if id(exc) in seen:
+        return
+    seen.add(id(exc))
+    frames = [f for f in exc.stack if f.filename.startswith("<cell ")]
+    exc.stack = traceback.StackSummary.from_list(frames)
+    for sub in (exc.__cause__, exc.__context__, *(exc.exceptions or ())):
+        if sub is not None:
+            _keep_cell_frames(sub, seen)
+
+
+def _format_exception(exc: BaseException) -> str:
+    """The traceback, showing only frames of the model's cells."""
+    summary = traceback.TracebackException.from_exception(exc, compact=True)
+    _keep_cell_frames(summary, set())
+    return "".join(summary.format())
+
+
+def _load_context(spec: dict[str, Any]) -> Any:
+    kind, path = spec.get("kind"), Path(str(spec.get("path")))
+    if kind == "text_file":
+        if path.stat().st_size >= _MMAP_MIN_BYTES:
+            with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                return str(mm, "utf-8", "replace")
+        return path.read_bytes().decode("utf-8", "replace")
+    if kind == "bytes_file":
+        return path.read_bytes()
+    if kind == "json_file":
+        with path.open(encoding="utf-8") as text:
+            return json.load(text)
+    if kind == "folder":
+        files: Iterable[str] = spec.get("files") or ()
+        return {rel: (path / rel).read_bytes().decode("utf-8", "replace") for rel in files}
+    raise ValueError(f"unknown context kind {kind!r}")
+
+
+def _make_functions(worker: _Worker) -> list[Callable[..., Any]]:
+    """The functions model code can call (each documented: models may call help())."""
+
+    def ask(kind: str, name: str, items: list[Any], with_context: bool) -> list[str]:
+        slots: list[str | None] = [None] * len(items)
+        encoded: list[bytes] = []
+        where: list[int] = []
+        for i, item in enumerate(items):
+            label = f"{name} item {i}"
+            fields = _item_fields(item, label, with_context)
+            data = fields if isinstance(fields, str) else _encode_item(fields, label)
+            if isinstance(data, str):
+                slots[i] = data
+            else:
+                encoded.append(data)
+                where.append(i)
+        if encoded:
+            for i, text in zip(where, worker.call(kind, encoded), strict=True):
+                slots[i] = text
+        return [s if s is not None else "[error: no answer]" for s in slots]
+
+    def as_list(prompts: Any, name: str) -> list[Any]:
+        if isinstance(prompts, str | bytes | dict) or not hasattr(prompts, "__iter__"):
+            raise TypeError(f"{name} takes a list of prompts, got {type(prompts).__name__}")
+        return list(prompts)
+
+    def llm_query(prompt: str, *, system: str | None = None, model: str | None = None) -> str:
+        """Ask a sub-LLM one question and return its answer as text.
+
+        Put the text it must read inside ``prompt``. ``system`` sets its system prompt; ``model``
+        picks another sub-model by name. On failure the returned text starts with "Error:".
+        """
+        if not isinstance(prompt, str):
+            raise TypeError(f"llm_query: prompt must be a str, got {type(prompt).__name__}")
+        return ask(
+            "llm", "llm_query", [{"prompt": prompt, "system": system, "model": model}], False
+        )[0]
+
+    def llm_batch(prompts: list[Any]) -> list[str]:
+        """Ask many sub-LLM questions in parallel; one answer per prompt, in order.
+
+        Each item is a str or a dict ``{"prompt": ..., "system": ..., "model": ...}``. A failing
+        item gives a text starting with "Error:" in its slot; the other answers are kept.
+        """
+        return ask("llm", "llm_batch", as_list(prompts, "llm_batch"), False)
+
+    def rlm_query(prompt: str, context: Any = None) -> str:
+        """Hand a sub-problem to a child RLM with its own REPL; return its answer as text.
+
+        ``context`` (JSON-like data: str, list, dict ...) becomes the child's ``context``.
+        """
+        if not isinstance(prompt, str):
+            raise TypeError(f"rlm_query: prompt must be a str, got {type(prompt).__name__}")
+        return ask("rlm", "rlm_query", [{"prompt": prompt, "context": context}], True)[0]
+
+    def rlm_batch(prompts: list[Any], contexts: list[Any] | None = None) -> list[str]:
+        """Run several child RLMs in parallel; one answer per prompt, in order.
+
+        ``contexts``, when given, is a list as long as ``prompts``: the context of each child.
+        """
+        items = as_list(prompts, "rlm_batch")
+        if contexts is not None:
+            ctxs = as_list(contexts, "rlm_batch contexts")
+            if len(ctxs) != len(items):
+                raise ValueError("rlm_batch: prompts and contexts must have the same length")
+            items = [
+                {**p, "context": c} if isinstance(p, dict) else {"prompt": p, "context": c}
+                for p, c in zip(items, ctxs, strict=True)
+            ]
+        return ask("rlm", "rlm_batch", items, True)
+
+    def FINAL(text: Any) -> None:
+        """Give the final answer: sets ``answer["content"] = str(text)`` and ``answer["ready"]``."""
+        answer = worker.answer_dict()
+        answer["content"] = str(text)
+        answer["ready"] = True
+
+    def FINAL_VAR(name: Any) -> None:
+        """Give the value of the variable called ``name`` (a str) as the final answer."""
+        if not isinstance(name, str):
+            FINAL(name)  # given the value itself: that is the answer
+            return
+        key = name.strip().strip("\"'`")
+        if key not in worker.ns:
+            print(f"FINAL_VAR: there is no variable named {key!r}; the answer is not set")
+            return
+        FINAL(worker.ns[key])
+
+    def budget() -> dict[str, Any]:
+        """What is left of the run's budget (iterations, tokens, dollars, seconds, sub-calls)."""
+        reply = worker.call("budget", [])[0]
+        return reply if isinstance(reply, dict) else {}
+
+    def SHOW_VARS() -> None:
+        """Print the variables you made, with their type and size."""
+        skip = {*worker.scaffold_names, "answer"}
+        rows = [
+            f"{name}: {type(value).__name__}{_size_note(value)}"
+            for name, value in list(worker.ns.items())
+            if not name.startswith("_")
+            and name not in skip
+            and not isinstance(value, types.ModuleType)
+        ]
+        print("\n".join(rows) if rows else "(no variables yet)")
+
+    return [llm_query, llm_batch, rlm_query, rlm_batch, FINAL, FINAL_VAR, budget, SHOW_VARS]
+
+
+def main(argv: list[str]) -> None:
+    """Serve the host: init, then cells until ``shutdown`` or channel EOF."""
+    sys.dont_write_bytecode = True
+    builtins.input = _no_input
+    read_fd, write_fd = int(argv[1]), int(argv[2])
+    for fd in (read_fd, write_fd):
+        os.set_inheritable(fd, False)  # processes model code starts must not get the channel
+    channel = _Channel(read_fd, write_fd)
+    worker = _Worker(channel)
+    signal.signal(signal.SIGINT, _INTERRUPTS.handler)
+    threading.Thread(target=channel.read_forever, name="ctxfold-channel", daemon=True).start()
+    first = channel.inbox.get()
+    try:
+        if first.get("op") != "init":
+            raise ValueError(f"expected an init message, got {first.get('op')!r}")
+        worker.init(first)
+    except Exception as exc:
+        channel.send({"op": "init_error", "error": f"{type(exc).__name__}: {exc}"})
+        os._exit(1)
+    channel.send({"op": "ready"})
+    while True:
+        message = channel.inbox.get()
+        if message.get("op") == "exec":
+            channel.send(worker.run_cell(str(message.get("code", ""))))
+        elif message.get("op") == "shutdown":
+            os._exit(0)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
