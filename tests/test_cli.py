@@ -121,6 +121,8 @@ def test_ctrl_c_flushes_trace_and_exits_130(tmp_path: Path) -> None:
     workers_before = _workers()
     slow = '```python\nimport time\nprint("start", flush=True)\ntime.sleep(60)\n```'
     with FakeOpenAIServer(lambda m: slow) as server:
+        doc = tmp_path / "doc.txt"
+        doc.write_text("data")
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -129,20 +131,16 @@ def test_ctrl_c_flushes_trace_and_exits_130(tmp_path: Path) -> None:
                 "ask",
                 "q",
                 "--context",
-                "-",
+                str(doc),
                 "--model",
                 f"openai:m@{server.base_url}",
                 "--trace",
                 str(trace),
             ],
-            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        assert proc.stdin is not None
-        proc.stdin.write("data")
-        proc.stdin.close()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if trace.exists() and "root_response" in trace.read_text():

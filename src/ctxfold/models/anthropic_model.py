@@ -1,0 +1,226 @@
+"""A client for Anthropic's Messages API; the official ``anthropic`` SDK loads on first use."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ctxfold.errors import MissingAPIKeyError, ModelSpecError
+from ctxfold.models._base import Completion, Message, TokenUsage
+from ctxfold.models._retry import BadResponseError, CallFailure, RetryPolicy, classify_sdk_error
+from ctxfold.models.openai_compat import _display_url, _SdkClients
+
+if TYPE_CHECKING:
+    import anthropic
+    import httpx2
+
+__all__ = ["AnthropicModel"]
+
+_MESSAGES_PATH = "/v1/messages"
+_DEFAULT_MAX_TOKENS = 4096
+_OPTION_KEYS = ("max_tokens", "temperature", "stop", "timeout")
+_POOL_CONNECTIONS = 256
+_POOL_KEEPALIVE = 128
+_DEFAULT_RETRY = RetryPolicy()
+_FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
+
+
+class AnthropicModel:
+    """A Claude model behind Anthropic's Messages API.
+
+    Takes the same arguments as :class:`~ctxfold.models.OpenAIModel`. ``api_key`` defaults to
+    ``$ANTHROPIC_API_KEY`` and ``base_url`` to ``$ANTHROPIC_BASE_URL``. System messages go to
+    the ``system`` field; ``max_tokens`` defaults to 4096; ``stop`` becomes ``stop_sequences``;
+    ``seed`` is not supported and ignored. ``finish_reason`` is reported in OpenAI's words
+    (``"stop"``, ``"length"``) when there is an equivalent.
+
+    Raises:
+        MissingAPIKeyError: no key was given and ``ANTHROPIC_API_KEY`` is not set.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        context_window: int | None = None,
+        timeout: float = 600.0,
+        retry: RetryPolicy = _DEFAULT_RETRY,
+        price_per_mtok: tuple[float, float] | None = None,
+        default_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not name:
+            raise ModelSpecError("AnthropicModel needs a model name")
+        key = api_key or os.environ.get("ANTHROPIC_API_KEY") or None
+        if key is None:
+            raise MissingAPIKeyError(
+                "ANTHROPIC_API_KEY is not set: export it, or use model='local' for the offline "
+                "model"
+            )
+        self.name = name
+        self.context_window = context_window
+        self.base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
+        self.timeout = timeout
+        self.retry = retry
+        self.price_per_mtok = price_per_mtok
+        self._key = key
+        defaults = dict(default_options or {})
+        self._default_known = {k: defaults.pop(k) for k in _OPTION_KEYS if k in defaults}
+        self._default_extra = defaults
+        where = f" at {_display_url(self.base_url)}" if self.base_url else ""
+        self._what = f"anthropic model {name!r}{where}"
+        self._clients: _SdkClients[anthropic.Anthropic, anthropic.AsyncAnthropic] = _SdkClients(
+            self._make_sync, self._make_async
+        )
+        self._classify: Callable[[Exception], CallFailure | None] = lambda exc: None
+        self._response_type: type[httpx2.Response] | None = None
+
+    def __repr__(self) -> str:
+        where = f", base_url={self.base_url!r}" if self.base_url else ""
+        return f"AnthropicModel({self.name!r}{where})"
+
+    def complete(self, messages: Sequence[Message], **options: Any) -> Completion:
+        """One message; :class:`~ctxfold.errors.ModelError` once retries are spent."""
+        client = self._clients.sync()
+        body, request_options = self._request(messages, options)
+        cast_to = self._response_type
+        assert cast_to is not None
+
+        def attempt() -> Completion:
+            response = client.post(
+                _MESSAGES_PATH, body=body, cast_to=cast_to, options=request_options
+            )
+            return self._parse(response.content)
+
+        return self.retry.call(attempt, self._classify, self._what)
+
+    async def acomplete(self, messages: Sequence[Message], **options: Any) -> Completion:
+        """The async form of :meth:`complete`."""
+        client = self._clients.async_client()
+        body, request_options = self._request(messages, options)
+        cast_to = self._response_type
+        assert cast_to is not None
+
+        async def attempt() -> Completion:
+            response = await client.post(
+                _MESSAGES_PATH, body=body, cast_to=cast_to, options=request_options
+            )
+            return self._parse(response.content)
+
+        return await self.retry.acall(attempt, self._classify, self._what)
+
+    def close(self) -> None:
+        """Close the HTTP clients (a later call opens new ones)."""
+        self._clients.close()
+
+    async def aclose(self) -> None:
+        """Close the HTTP clients, awaiting the async one of the running loop."""
+        await self._clients.aclose()
+
+    def _request(
+        self, messages: Sequence[Message], options: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], anthropic.RequestOptions]:
+        known = self._default_known
+        if options:
+            known = {**known, **{k: options[k] for k in _OPTION_KEYS if options.get(k) is not None}}
+        system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+        body: dict[str, Any] = {
+            **self._default_extra,
+            "model": self.name,
+            "max_tokens": known.get("max_tokens", _DEFAULT_MAX_TOKENS),
+            "messages": [
+                {"role": m["role"], "content": m["content"]}
+                for m in messages
+                if m["role"] != "system"
+            ],
+        }
+        if system:
+            body["system"] = system
+        if "temperature" in known:
+            body["temperature"] = known["temperature"]
+        if "stop" in known:
+            stop = known["stop"]
+            body["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+        return body, {"timeout": known.get("timeout", self.timeout)}
+
+    def _parse(self, content: bytes) -> Completion:
+        try:
+            data = json.loads(content)
+        except ValueError:
+            raise BadResponseError("the server sent a body that is not JSON") from None
+        if not isinstance(data, dict) or not isinstance(data.get("content"), list):
+            raise BadResponseError("the response has no content list")
+        text = "".join(
+            str(block.get("text") or "")
+            for block in data["content"]
+            if isinstance(block, dict) and block.get("type") == "text"
+        )
+        stop_reason = data.get("stop_reason")
+        if isinstance(stop_reason, str):
+            stop_reason = _FINISH_REASONS.get(stop_reason, stop_reason)
+        return Completion(
+            text=text,
+            usage=self._usage(data.get("usage")),
+            model=self.name,
+            finish_reason=stop_reason if isinstance(stop_reason, str) else None,
+        )
+
+    def _usage(self, raw: object) -> TokenUsage:
+        usage = raw if isinstance(raw, dict) else {}
+
+        def count(key: str) -> int:
+            value = usage.get(key)
+            return value if isinstance(value, int) else 0
+
+        cached = count("cache_read_input_tokens")
+        # Anthropic's input_tokens leave out cache reads and writes; ours count every input token.
+        input_tokens = count("input_tokens") + cached + count("cache_creation_input_tokens")
+        output_tokens = count("output_tokens")
+        cost: float | None = None
+        if self.price_per_mtok is not None:
+            price_in, price_out = self.price_per_mtok
+            cost = (input_tokens * price_in + output_tokens * price_out) / 1_000_000
+        return TokenUsage(input_tokens, output_tokens, cached, estimated=False, cost_usd=cost)
+
+    def _adopt(self) -> None:
+        import anthropic  # the SDKs load on first use
+        import httpx2
+
+        self._response_type = httpx2.Response
+        self._classify = functools.partial(classify_sdk_error, sdk=anthropic)
+
+    def _http_options(self) -> dict[str, Any]:
+        import httpx2
+
+        limits = httpx2.Limits(
+            max_connections=_POOL_CONNECTIONS, max_keepalive_connections=_POOL_KEEPALIVE
+        )
+        return {"limits": limits, "timeout": self.timeout}
+
+    def _make_sync(self) -> anthropic.Anthropic:
+        import anthropic
+
+        self._adopt()
+        return anthropic.Anthropic(
+            api_key=self._key,
+            base_url=self.base_url,
+            timeout=self.timeout,
+            max_retries=0,
+            http_client=anthropic.DefaultHttpxClient(**self._http_options()),
+        )
+
+    def _make_async(self) -> anthropic.AsyncAnthropic:
+        import anthropic
+
+        self._adopt()
+        return anthropic.AsyncAnthropic(
+            api_key=self._key,
+            base_url=self.base_url,
+            timeout=self.timeout,
+            max_retries=0,
+            http_client=anthropic.DefaultAsyncHttpxClient(**self._http_options()),
+        )

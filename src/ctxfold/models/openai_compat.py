@@ -1,0 +1,356 @@
+"""A client for OpenAI and OpenAI-compatible chat servers (vLLM, llama.cpp, Ollama, OpenRouter...).
+
+The ``openai`` SDK is imported on first use, so importing ctxfold stays fast. One sync client
+(with a large connection pool) is shared by every thread; async calls get one client per event
+loop. The SDK's own retries are off: :class:`~ctxfold.models.RetryPolicy` does that job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import threading
+import weakref
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+from ctxfold.errors import MissingAPIKeyError, ModelSpecError
+from ctxfold.models._base import Completion, Message, TokenUsage
+from ctxfold.models._retry import BadResponseError, CallFailure, RetryPolicy, classify_sdk_error
+from ctxfold.models._tokens import count_message_tokens, count_tokens
+
+if TYPE_CHECKING:
+    import httpx2
+    import openai
+
+__all__ = ["OpenAIModel"]
+
+_CHAT_PATH = "/chat/completions"
+_DUMMY_KEY = "not-needed"
+_OPTION_KEYS = ("max_tokens", "temperature", "stop", "seed", "timeout")
+_POOL_CONNECTIONS = 256
+_POOL_KEEPALIVE = 128
+_DEFAULT_RETRY = RetryPolicy()
+
+
+class OpenAIModel:
+    """A chat model behind the OpenAI Chat Completions API.
+
+    Per-call options: ``max_tokens`` (sent as ``max_completion_tokens`` to the OpenAI API),
+    ``temperature``, ``stop``, ``seed`` and ``timeout`` (seconds per attempt); others are ignored.
+
+    Args:
+        name: the model name the server knows (``"gpt-5-mini"``, ``"qwen2.5-7b-instruct"``...).
+        base_url: an OpenAI-compatible server, e.g. ``"http://127.0.0.1:8000/v1"``; defaults to
+            ``$OPENAI_BASE_URL``, else the OpenAI API.
+        api_key: defaults to ``$OPENAI_API_KEY``. Required for the OpenAI API; another server
+            without one gets the placeholder ``"not-needed"``.
+        context_window: the model's window in tokens, if known.
+        timeout: seconds allowed per attempt (overridable per call with ``timeout=``).
+        retry: the retry policy.
+        price_per_mtok: ``(input, output)`` dollars per million tokens, to fill ``cost_usd``.
+            Without it, a numeric ``usage.cost`` in the response (OpenRouter) is used.
+        default_options: request fields sent with every call: the per-call options and any other
+            field the server knows (``top_p``, ``response_format``...); per-call options win.
+
+    Raises:
+        MissingAPIKeyError: the OpenAI API was chosen and no key is set.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        context_window: int | None = None,
+        timeout: float = 600.0,
+        retry: RetryPolicy = _DEFAULT_RETRY,
+        price_per_mtok: tuple[float, float] | None = None,
+        default_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not name:
+            raise ModelSpecError("OpenAIModel needs a model name")
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        key = api_key or os.environ.get("OPENAI_API_KEY") or None
+        official = base_url is None or urlsplit(base_url).hostname == "api.openai.com"
+        if key is None:
+            if official:
+                raise MissingAPIKeyError(
+                    "OPENAI_API_KEY is not set: export it, or use model='local' for the offline "
+                    "model, or 'openai:NAME@http://host:port/v1' for an OpenAI-compatible server"
+                )
+            key = _DUMMY_KEY
+        self.name = name
+        self.context_window = context_window
+        self.base_url = base_url
+        self.timeout = timeout
+        self.retry = retry
+        self.price_per_mtok = price_per_mtok
+        self._key = key
+        # The OpenAI API wants max_completion_tokens (reasoning models reject max_tokens);
+        # compatible servers know max_tokens.
+        self._max_tokens_field = "max_completion_tokens" if official else "max_tokens"
+        defaults = dict(default_options or {})
+        self._default_known = {k: defaults.pop(k) for k in _OPTION_KEYS if k in defaults}
+        self._default_extra = defaults
+        where = f" at {_display_url(base_url)}" if base_url else ""
+        self._what = f"openai model {name!r}{where}"
+        self._clients: _SdkClients[openai.OpenAI, openai.AsyncOpenAI] = _SdkClients(
+            self._make_sync, self._make_async
+        )
+        self._classify: Callable[[Exception], CallFailure | None] = _no_classify
+        self._response_type: type[httpx2.Response] | None = None
+
+    def __repr__(self) -> str:
+        where = f", base_url={self.base_url!r}" if self.base_url else ""
+        return f"OpenAIModel({self.name!r}{where})"
+
+    # -- the Model protocol ----------------------------------------------------------------
+
+    def complete(self, messages: Sequence[Message], **options: Any) -> Completion:
+        """One chat completion; :class:`~ctxfold.errors.ModelError` once retries are spent."""
+        client = self._clients.sync()
+        body, request_options = self._request(messages, options)
+        cast_to = self._response_type
+        assert cast_to is not None
+
+        def attempt() -> Completion:
+            response = client.post(_CHAT_PATH, body=body, cast_to=cast_to, options=request_options)
+            return self._parse(response.content, messages)
+
+        return self.retry.call(attempt, self._classify, self._what)
+
+    async def acomplete(self, messages: Sequence[Message], **options: Any) -> Completion:
+        """The async form of :meth:`complete`."""
+        client = self._clients.async_client()
+        body, request_options = self._request(messages, options)
+        cast_to = self._response_type
+        assert cast_to is not None
+
+        async def attempt() -> Completion:
+            response = await client.post(
+                _CHAT_PATH, body=body, cast_to=cast_to, options=request_options
+            )
+            return self._parse(response.content, messages)
+
+        return await self.retry.acall(attempt, self._classify, self._what)
+
+    def close(self) -> None:
+        """Close the HTTP clients (a later call opens new ones)."""
+        self._clients.close()
+
+    async def aclose(self) -> None:
+        """Close the HTTP clients, awaiting the async one of the running loop."""
+        await self._clients.aclose()
+
+    # -- request and response --------------------------------------------------------------
+
+    def _request(
+        self, messages: Sequence[Message], options: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], openai.RequestOptions]:
+        known = self._default_known
+        if options:
+            known = {**known, **{k: options[k] for k in _OPTION_KEYS if options.get(k) is not None}}
+        body: dict[str, Any] = {**self._default_extra, "model": self.name}
+        body["messages"] = messages if isinstance(messages, list) else list(messages)
+        for key, value in known.items():
+            if key == "max_tokens":
+                body[self._max_tokens_field] = value
+            elif key != "timeout":
+                body[key] = value
+        return body, {"timeout": known.get("timeout", self.timeout)}
+
+    def _parse(self, content: bytes, messages: Sequence[Message]) -> Completion:
+        try:
+            data = json.loads(content)
+        except ValueError:
+            raise BadResponseError("the server sent a body that is not JSON") from None
+        if not isinstance(data, dict):
+            raise BadResponseError("the server sent JSON that is not an object")
+        choices = data.get("choices")
+        if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
+            raise BadResponseError("the response has no choices")
+        choice = choices[0]
+        message = choice.get("message")
+        text = _text_of(message.get("content") if isinstance(message, dict) else None)
+        reason = choice.get("finish_reason")
+        return Completion(
+            text=text,
+            usage=self._usage(data.get("usage"), messages, text),
+            model=self.name,
+            finish_reason=reason if isinstance(reason, str) else None,
+        )
+
+    def _usage(self, raw: object, messages: Sequence[Message], text: str) -> TokenUsage:
+        usage = raw if isinstance(raw, dict) else {}
+        prompt = usage.get("prompt_tokens")
+        if isinstance(prompt, int):
+            output = usage.get("completion_tokens")
+            details = usage.get("prompt_tokens_details")
+            cached = details.get("cached_tokens") if isinstance(details, dict) else None
+            input_tokens, estimated = prompt, False
+            output_tokens = output if isinstance(output, int) else 0
+            cached_tokens = cached if isinstance(cached, int) else 0
+        else:
+            input_tokens = count_message_tokens(messages)
+            output_tokens = count_tokens(text)
+            cached_tokens, estimated = 0, True
+        cost: float | None = None
+        if self.price_per_mtok is not None:
+            price_in, price_out = self.price_per_mtok
+            cost = (input_tokens * price_in + output_tokens * price_out) / 1_000_000
+        elif isinstance(usage.get("cost"), int | float) and not isinstance(usage["cost"], bool):
+            cost = float(usage["cost"])
+        return TokenUsage(input_tokens, output_tokens, cached_tokens, estimated, cost)
+
+    # -- SDK clients -----------------------------------------------------------------------
+
+    def _adopt(self, sdk: ModuleType) -> None:
+        """Remember what the hot path needs from the freshly imported SDK."""
+        import httpx2  # the SDKs load on first use
+
+        self._response_type = httpx2.Response
+        self._classify = functools.partial(classify_sdk_error, sdk=sdk)
+
+    def _make_sync(self) -> openai.OpenAI:
+        import openai
+
+        self._adopt(openai)
+        return openai.OpenAI(
+            api_key=self._key,
+            base_url=self.base_url,
+            timeout=self.timeout,
+            max_retries=0,
+            http_client=openai.DefaultHttpx2Client(limits=_limits(), timeout=self.timeout),
+        )
+
+    def _make_async(self) -> openai.AsyncOpenAI:
+        import openai
+
+        self._adopt(openai)
+        return openai.AsyncOpenAI(
+            api_key=self._key,
+            base_url=self.base_url,
+            timeout=self.timeout,
+            max_retries=0,
+            http_client=openai.DefaultAsyncHttpx2Client(limits=_limits(), timeout=self.timeout),
+        )
+
+
+def _limits() -> httpx2.Limits:
+    import httpx2
+
+    return httpx2.Limits(
+        max_connections=_POOL_CONNECTIONS, max_keepalive_connections=_POOL_KEEPALIVE
+    )
+
+
+def _no_classify(exc: Exception) -> CallFailure | None:
+    return None
+
+
+def _text_of(content: object) -> str:
+    """The text of a message's ``content``: a string, or a list of text parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(part.get("text") or "") for part in content if isinstance(part, dict))
+    return ""
+
+
+def _display_url(url: str) -> str:
+    """``url`` without any ``user:password@`` part, for messages."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return parts._replace(netloc=f"{host}{port}").geturl()
+
+
+# -- lazily built SDK clients, shared with the Anthropic client ----------------------------
+
+
+class _Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+class _AsyncCloseable(Protocol):
+    def close(self) -> Coroutine[Any, Any, None]: ...
+
+
+_S = TypeVar("_S", bound=_Closeable)
+_A = TypeVar("_A", bound=_AsyncCloseable)
+_closing_tasks: set[asyncio.Future[None]] = set()
+
+
+class _SdkClients(Generic[_S, _A]):
+    """One sync SDK client, built on first use and shared by all threads, and one async client
+    per event loop (an async connection pool cannot move between loops)."""
+
+    def __init__(self, make_sync: Callable[[], _S], make_async: Callable[[], _A]) -> None:
+        self._make_sync = make_sync
+        self._make_async = make_async
+        self._lock = threading.Lock()
+        self._sync: _S | None = None
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _A] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def sync(self) -> _S:
+        client = self._sync
+        if client is None:
+            with self._lock:
+                if self._sync is None:
+                    self._sync = self._make_sync()
+                client = self._sync
+        return client
+
+    def async_client(self) -> _A:
+        loop = asyncio.get_running_loop()
+        client = self._async.get(loop)
+        if client is None:
+            with self._lock:
+                client = self._async.get(loop)
+                if client is None:
+                    client = self._async[loop] = self._make_async()
+        return client
+
+    def close(self) -> None:
+        with self._lock:
+            sync, self._sync = self._sync, None
+            pending = list(self._async.items())
+            self._async.clear()
+        if sync is not None:
+            sync.close()
+        for loop, client in pending:
+            _close_on_loop(loop, client)
+
+    async def aclose(self) -> None:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            client = self._async.pop(loop, None)
+        if client is not None:
+            await client.close()
+        self.close()
+
+
+def _close_on_loop(loop: asyncio.AbstractEventLoop, client: _AsyncCloseable) -> None:
+    """Close an async client from sync code: on its own loop if that loop still runs."""
+    if loop.is_closed() or not loop.is_running():
+        return  # its connections die with the loop
+    try:
+        current = asyncio.get_running_loop()
+    except RuntimeError:
+        current = None
+    if current is loop:
+        task = loop.create_task(client.close())
+        _closing_tasks.add(task)
+        task.add_done_callback(_closing_tasks.discard)
+    else:
+        asyncio.run_coroutine_threadsafe(client.close(), loop)
