@@ -148,3 +148,15 @@ def test_trace_listeners_see_events_and_cannot_break_the_run() -> None:
     trace.subscribe(lambda e: 1 / 0)
     trace.emit(RunEnd(answer="a", ready=True, stop_reason="ready", usage={}, seconds=1.0))
     assert len(seen) == 1 and len(trace) == 1
+
+
+@pytest.mark.parametrize("profile", ["concise", "small"])
+def test_system_prompt_drops_sub_calls_when_disabled(profile: str) -> None:
+    from ctxfold import prompts
+
+    kw = {"context_summary": "str", "output_limit": 8000, "sub_window": 90_000}
+    on = prompts.system_prompt(profile, **kw)
+    off = prompts.system_prompt(profile, sub_calls=False, **kw)
+    assert "llm_batch" in on and "90,000" in on
+    assert "llm_batch" not in off and "llm_query" not in off
+    assert "$" not in on and "$" not in off

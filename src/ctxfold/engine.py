@@ -113,6 +113,7 @@ class Engine:
             context_summary=summary,
             output_limit=opts.output_limit,
             sub_window=sub_window,
+            sub_calls=self._shared.budget.depth > 0,
         )
         task = prompts.task_message(
             question, [(n, c.description) for n, c in zip(names, contexts, strict=True)]

@@ -18,11 +18,25 @@ def _text(name: str) -> str:
 
 
 def system_prompt(
-    profile: str, *, context_summary: str, output_limit: int, sub_window: int, tools_note: str = ""
+    profile: str,
+    *,
+    context_summary: str,
+    output_limit: int,
+    sub_window: int,
+    sub_calls: bool = True,
+    tools_note: str = "",
 ) -> str:
-    """The root system prompt of a profile (``"concise"`` for strong models, ``"small"``)."""
+    """The root system prompt of a profile (``"concise"`` for strong models, ``"small"``).
+
+    ``sub_calls=False`` leaves out the sub-LLM functions (a run with ``Budget(depth=0)``).
+    """
     name = "system_small.md" if profile == "small" else "system.md"
-    return Template(_text(name)).substitute(
+    snippets = json.loads(_text("subcalls.json"))[profile]
+    on = "" if sub_calls else "off_"
+    template = Template(_text(name)).safe_substitute(
+        subcall_lines=snippets[f"{on}lines"], subcall_rule=snippets[f"{on}rule"]
+    )
+    return Template(template).substitute(
         context_summary=context_summary,
         output_limit=f"{output_limit:,}",
         sub_window=f"{sub_window:,}",
