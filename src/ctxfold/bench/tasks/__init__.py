@@ -1,0 +1,56 @@
+"""The benchmark tasks, by name: offline, seeded generators and their scorers.
+
+=================  ==========================================================================
+``sniah``          RULER niah_single_1/2/3: one needle in a noise or Paul Graham essay haystack
+``oolong``         OOLONG trec_coarse-style label aggregation over TREC questions
+``oolong_pairs``   OOLONG-Pairs-style: all user pairs meeting a condition on their labels (F1)
+``codeqa``         multiple choice over CPython's standard library source
+``verbatim``       copy one JSON record / CSV row / code exactly
+``math``           exact integer aggregates over a generated data table
+=================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+from ctxfold.bench._types import Task
+from ctxfold.bench.tasks.codeqa import CodeQATask
+from ctxfold.bench.tasks.math import MathTask
+from ctxfold.bench.tasks.oolong import OolongTask
+from ctxfold.bench.tasks.oolong_pairs import OolongPairsTask
+from ctxfold.bench.tasks.sniah import SniahTask
+from ctxfold.bench.tasks.verbatim import VerbatimTask
+from ctxfold.errors import CtxfoldError
+
+__all__ = [
+    "TASKS",
+    "CodeQATask",
+    "MathTask",
+    "OolongPairsTask",
+    "OolongTask",
+    "SniahTask",
+    "VerbatimTask",
+    "get_task",
+]
+
+TASKS: dict[str, Task] = {
+    task.name: task
+    for task in (
+        SniahTask(),
+        OolongTask(),
+        OolongPairsTask(),
+        CodeQATask(),
+        VerbatimTask(),
+        MathTask(),
+    )
+}
+"""Every task with its default settings, by registry name."""
+
+
+def get_task(name: str) -> Task:
+    """The task registered as ``name``; :class:`CtxfoldError` naming the known ones otherwise."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise CtxfoldError(
+            f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}"
+        ) from None

@@ -1,0 +1,95 @@
+"""The bench runner, methods and report, driven by scripted models."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from ctxfold.bench import BenchSpec, load_rows, markdown, plots, run_bench, summarise
+from ctxfold.bench.methods import base
+from ctxfold.bench.tasks import get_task
+from ctxfold.errors import CtxfoldError
+from ctxfold.models import Message, ScriptedModel
+
+
+def _needle_finder(messages: list[Message]) -> str:
+    """A root that answers S-NIAH: with the text pasted (base) or with code (rlm)."""
+    text = messages[-1]["content"]
+    found = re.search(r"special magic numbers? for [\w-]+ is: (\d+)", text)
+    if found:
+        return f"The number is {found.group(1)}."
+    if "Output" in text:
+        return '```python\nanswer["content"] = hits[0]\nanswer["ready"] = True\n```'
+    return (
+        "```python\nimport re\nhits = re.findall(r'is: (\\d{7})', context)\nprint(hits)\n```"
+    )
+
+
+def test_run_bench_writes_rows_and_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "results.jsonl"
+    spec = BenchSpec(task="sniah", methods=("base", "rlm"), lengths=(2000,), n=2, seed=1)
+    root = ScriptedModel(_needle_finder, name="scripted", context_window=8000)
+    totals: list[int] = []
+    rows = run_bench(spec, out, root=root, sub=root, on_start=totals.append)
+    assert totals == [4] and len(rows) == 4
+    assert {r["method"] for r in rows} == {"base", "rlm"}
+    assert all(r["score"] == 1.0 and r["error"] is None for r in rows), rows
+    rlm_rows = [r for r in rows if r["method"] == "rlm"]
+    assert all(r["iterations"] == 2 and r["ready"] for r in rlm_rows)
+    assert all(r["root_input_tokens"] > 0 for r in rows)
+    # A second run over the same file does nothing new.
+    assert run_bench(spec, out, root=root, sub=root) == []
+    assert len(load_rows(out)) == 4
+
+
+def test_base_cuts_input_to_the_window_and_says_so() -> None:
+    task = get_task("sniah")
+    inst = task.generate(n=1, length=20_000, seed=3)[0]
+    seen: list[int] = []
+
+    def root(messages: list[Message]) -> str:
+        seen.append(len(messages[-1]["content"]))
+        return "no idea"
+
+    result = base(inst, ScriptedModel(root, context_window=4000), ScriptedModel(["x"]), 1)
+    assert result.truncated
+    assert seen[0] < 4000 * 5  # about the window, far below the 20K-token input
+
+
+def test_failing_instance_becomes_an_error_row(tmp_path: Path) -> None:
+    spec = BenchSpec(task="math", methods=("base",), lengths=(1000,), n=1)
+    broken = ScriptedModel([RuntimeError("server on fire")])
+    rows = run_bench(spec, tmp_path / "r.jsonl", root=broken, sub=broken)
+    assert rows[0]["score"] == 0.0 and "server on fire" in rows[0]["error"]
+
+
+def test_report_table_and_plots(tmp_path: Path) -> None:
+    rows = [
+        {"task": "t", "method": "base", "requested_length": 8000, "score": 0.0,
+         "root_input_tokens": 8000, "truncated": True, "error": None},
+        {"task": "t", "method": "base", "requested_length": 8000, "score": 1.0,
+         "root_input_tokens": 6000, "truncated": True, "error": None},
+        {"task": "t", "method": "rlm", "requested_length": 8000, "score": 1.0,
+         "root_input_tokens": 900, "error": None},
+        {"task": "t", "method": "rlm", "requested_length": 32000, "score": 0.0,
+         "error": "boom"},
+    ]
+    table = summarise(rows)
+    first = table[0]
+    assert first["method"] == "base*" and first["score"] == 0.5 and first["root_in"] == 7000
+    assert table[-1]["errors"] == 1
+    md = markdown(rows)
+    assert "| t | 8,000 | base* | 2 | 50.0 |" in md
+    images = plots(rows, tmp_path)
+    assert [p.name for p in images] == ["t.png"] and images[0].stat().st_size > 1000
+    json.dumps(table)
+
+
+def test_bad_spec_is_a_clear_error() -> None:
+    with pytest.raises(CtxfoldError, match="unknown method"):
+        BenchSpec(task="sniah", methods=("magic",), lengths=(1000,))
+    with pytest.raises(CtxfoldError):
+        get_task("nope")
