@@ -7,6 +7,7 @@ slot; nothing here raises into the sandbox.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -28,6 +29,13 @@ _CHARS_PER_TOKEN = 4
 def error_text(kind: str, message: str) -> str:
     """The string a failed sub-call returns in its slot (the root model sees it)."""
     return f"[error: {kind}: {message}]"
+
+
+def request_key(kind: str, item: SubcallItem) -> str:
+    """A stable hash of one sub-call request, so a resumed run can answer it from its trace."""
+    context = None if item.context is None else json.dumps(item.context, sort_keys=True)
+    payload = json.dumps([kind, item.prompt, item.system, item.model, context])
+    return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 class Broker:
@@ -68,7 +76,7 @@ class Broker:
             return f"unknown model {name!r}; this run allows: {known}"
         return model
 
-    def _llm(self, item: SubcallItem) -> str:
+    def _llm(self, item: SubcallItem, key: str | None = None) -> str:
         shared, depth = self._shared, self._depth + 1
         model = self._pick_model(item.model)
         if isinstance(model, str):
@@ -100,6 +108,7 @@ class Broker:
                 model=model.name,
                 prompt_chars=len(item.prompt),
                 prompt_preview=item.prompt[:_PREVIEW],
+                key=key or request_key("llm", item),
             )
         )
         started = time.monotonic()
@@ -154,5 +163,39 @@ class Broker:
             if item.context is not None:
                 text = item.context if isinstance(item.context, str) else json.dumps(item.context)
                 prompt = f"{prompt}\n\nContext:\n{text}"
-            return self._llm(SubcallItem(prompt=prompt, system=item.system, model=item.model))
-        return self._run_child(item.prompt, item.context, child_depth)
+            plain = SubcallItem(prompt=prompt, system=item.system, model=item.model)
+            return self._llm(plain, key=request_key("rlm", item))
+        return self._child(item, child_depth)
+
+    def _child(self, item: SubcallItem, child_depth: int) -> str:
+        """A child RLM run, traced as one ``rlm`` sub-call around the child's own events."""
+        shared = self._shared
+        call_id = shared.next_id()
+        shared.emit(
+            SubcallStart(
+                t=shared.trace.elapsed(),
+                depth=child_depth,
+                call_id=call_id,
+                kind="rlm",
+                model=shared.root_model.name,
+                prompt_chars=len(item.prompt),
+                prompt_preview=item.prompt[:_PREVIEW],
+                key=request_key("rlm", item),
+            )
+        )
+        started = time.monotonic()
+        answer = self._run_child(item.prompt, item.context, child_depth)
+        shared.emit(
+            SubcallEnd(
+                t=shared.trace.elapsed(),
+                depth=child_depth,
+                call_id=call_id,
+                kind="rlm",
+                model=shared.root_model.name,
+                input_tokens=0,
+                output_tokens=0,
+                latency_s=time.monotonic() - started,
+                response=answer,
+            )
+        )
+        return answer

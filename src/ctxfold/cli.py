@@ -7,10 +7,13 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ctxfold.budget import Budget
 from ctxfold.errors import CtxfoldError
+
+if TYPE_CHECKING:
+    from ctxfold.rlm import Result
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -45,6 +48,13 @@ def _build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
 
     sub.add_parser("models", help="list the embedded local models and their state")
+
+    resume = sub.add_parser("resume", help="continue a run whose host died, from its trace")
+    resume.add_argument("trace", metavar="TRACE")
+    resume.add_argument("--model", "-m", default=None, help="root model spec (default: recorded)")
+    resume.add_argument("--sub-model", default=None)
+    resume.add_argument("--json", action="store_true")
+    resume.add_argument("--quiet", "-q", action="store_true")
 
     bench = sub.add_parser(
         "bench",
@@ -98,20 +108,21 @@ def _ask(args: argparse.Namespace) -> int:
                 result = rlm.run(args.question, contexts[0], trace=trace)
             else:
                 result = rlm.run(args.question, contexts=contexts or None, trace=trace)
+    _print_result(result, args)
+    return 0 if result.answer else 1
+
+
+def _print_result(result: Result, args: argparse.Namespace) -> None:
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "answer": result.answer,
-                    "ready": result.ready,
-                    "stop_reason": result.stop_reason,
-                    "iterations": result.iterations,
-                    "seconds": round(result.seconds, 3),
-                    "usage": result.usage.to_dict(),
-                },
-                ensure_ascii=False,
-            )
-        )
+        payload = {
+            "answer": result.answer,
+            "ready": result.ready,
+            "stop_reason": result.stop_reason,
+            "iterations": result.iterations,
+            "seconds": round(result.seconds, 3),
+            "usage": result.usage.to_dict(),
+        }
+        print(json.dumps(payload, ensure_ascii=False))
     else:
         print(result.answer)
     if not result.ready and not args.quiet:
@@ -120,7 +131,6 @@ def _ask(args: argparse.Namespace) -> int:
             "the answer above is its best so far",
             file=sys.stderr,
         )
-    return 0 if result.answer else 1
 
 
 class _nothing:
@@ -129,6 +139,14 @@ class _nothing:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from ctxfold.rlm import RLM
+
+    result = RLM.resume(args.trace, model=args.model, sub_model=args.sub_model)
+    _print_result(result, args)
+    return 0 if result.answer else 1
 
 
 def _models(_: argparse.Namespace) -> int:
@@ -149,7 +167,7 @@ def _bench(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ctxfold`` command; returns the exit code."""
     args = _build_parser().parse_args(argv)
-    handlers = {"ask": _ask, "models": _models, "bench": _bench}
+    handlers = {"ask": _ask, "models": _models, "bench": _bench, "resume": _resume}
     try:
         return handlers[args.command](args)
     except CtxfoldError as exc:

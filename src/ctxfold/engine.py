@@ -7,7 +7,9 @@ the output back, stop when ``answer["ready"]`` or a budget ends. Each step is a 
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,16 +17,18 @@ from typing import Any
 from ctxfold import prompts
 from ctxfold._code import extract_code
 from ctxfold._feedback import describe_cells
+from ctxfold._resume import ReplayHandler, ResumeState
 from ctxfold._run import RunShared
 from ctxfold.broker import Broker
 from ctxfold.context import PreparedContext, prepare_contexts
 from ctxfold.errors import CtxfoldError
 from ctxfold.models import Message
-from ctxfold.sandbox import AnswerState, Sandbox
+from ctxfold.sandbox import AnswerState, Sandbox, SubcallHandler
 from ctxfold.trace import (
     AnswerUpdate,
     BudgetStop,
     Cell,
+    Feedback,
     Guard,
     RootRequest,
     RootResponse,
@@ -32,6 +36,7 @@ from ctxfold.trace import (
 )
 
 _UNSET_READY = 'answer["ready"] = False'
+_ELIDED = "[elided: an older output, to save space]"
 
 
 @dataclass(slots=True)
@@ -61,6 +66,33 @@ class _Loop:
     stop_reason: str | None = None
 
 
+class _Starting:
+    """A start-up step running on a helper thread; :meth:`wait` re-raises its error."""
+
+    def __init__(self, step: Callable[[], None]) -> None:
+        self._step = step
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="ctxfold-sandbox-start", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._step()
+        except BaseException as exc:  # handed to the engine's thread by wait()
+            self._error = exc
+
+    def wait(self) -> None:
+        """Block until the step is done; raise its error (once) if it failed."""
+        self._thread.join()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def join(self) -> None:
+        """Block until the step is done, raising nothing."""
+        self._thread.join()
+
+
 class Engine:
     """Runs the root loop at ``depth`` (0 for the top run; child RLMs are deeper)."""
 
@@ -68,13 +100,23 @@ class Engine:
         self._shared = shared
         self._depth = depth
 
-    def run(self, question: str, contexts: list[PreparedContext]) -> Outcome:
-        """Answer ``question`` over prepared ``contexts``; always closes its sandbox."""
+    def run(
+        self, question: str, contexts: list[PreparedContext], replay: ResumeState | None = None
+    ) -> Outcome:
+        """Answer ``question`` over prepared ``contexts``; always closes its sandbox.
+
+        With ``replay``, the recorded turns of a killed run are replayed first (see _resume.py).
+        """
         sandbox = self._shared.make_sandbox()
         broker = Broker(self._shared, self._depth, self._run_child)
+        handler = broker.handle if replay is None else ReplayHandler(replay.answers, broker.handle)
+        # The sandbox starts while the first root call is made: neither waits for the other.
+        starting = _Starting(lambda: self._start_sandbox(sandbox, handler, contexts))
         try:
-            self._start_sandbox(sandbox, broker, contexts)
             loop = self._first_messages(question, contexts)
+            if replay is not None:
+                starting.wait()
+                self._replay(sandbox, loop, replay)
             while loop.stop_reason is None:
                 loop.stop_reason = self._budget_stop(loop)
                 if loop.stop_reason:
@@ -82,20 +124,22 @@ class Engine:
                 reply = self._ask_root(loop)
                 if reply is None:
                     break
+                starting.wait()
                 self._run_reply(sandbox, reply, loop)
             return self._finish(loop)
         finally:
+            starting.join()
             broker.close()
             sandbox.close()
 
     # -- steps -------------------------------------------------------------------------------
 
     def _start_sandbox(
-        self, sandbox: Sandbox, broker: Broker, contexts: list[PreparedContext]
+        self, sandbox: Sandbox, handler: SubcallHandler, contexts: list[PreparedContext]
     ) -> None:
         sandbox.start(
             [c.spec for c in contexts],
-            broker.handle,
+            handler,
             output_limit=self._shared.options.output_limit,
         )
 
@@ -145,14 +189,14 @@ class Engine:
         loop.turn += 1
         if self._depth == 0:
             shared.meter.add_iteration()
-        self._trim_history(loop)
+        chars = self._trim_history(loop)
         shared.emit(
             RootRequest(
                 t=self._now(),
                 depth=self._depth,
                 turn=loop.turn,
                 messages=len(loop.messages),
-                chars=sum(len(m["content"]) for m in loop.messages),
+                chars=chars,
             )
         )
         started = time.monotonic()
@@ -187,7 +231,7 @@ class Engine:
         blocks = extract_code(reply)
         if not blocks:
             self._guard(loop, "no code in the reply")
-            loop.messages.append({"role": "user", "content": prompts.NO_CODE})
+            self._tell(loop, prompts.NO_CODE)
             return
         cells = []
         for index, code in enumerate(blocks):
@@ -202,13 +246,32 @@ class Engine:
         if loop.answer.ready:
             loop.stop_reason = "ready"
             return
-        loop.messages.append(
-            {
-                "role": "user",
-                "content": describe_cells(cells, cell_seconds=self._shared.budget.cell_seconds)
-                + self._turns_left_note(loop),
-            }
+        feedback = describe_cells(cells, cell_seconds=self._shared.budget.cell_seconds)
+        self._tell(loop, feedback + self._turns_left_note(loop))
+
+    def _tell(self, loop: _Loop, content: str) -> None:
+        """Send the root model a user message after its turn (recorded for resume)."""
+        loop.messages.append({"role": "user", "content": content})
+        self._shared.emit(
+            Feedback(t=self._now(), depth=self._depth, turn=loop.turn, content=content)
         )
+
+    def _replay(self, sandbox: Sandbox, loop: _Loop, replay: ResumeState) -> None:
+        """Rebuild a killed run: its conversation, and its REPL state by re-running its cells."""
+        timeout = self._shared.budget.cell_seconds
+        for turn in replay.turns:
+            loop.turn = turn.turn
+            loop.messages.append({"role": "assistant", "content": turn.reply})
+            loop.messages.append({"role": "user", "content": turn.feedback or ""})
+            for code in turn.cells:
+                sandbox.execute(code, timeout=timeout)
+            loop.seen_output = loop.seen_output or turn.printed
+        sandbox.execute(_UNSET_READY, timeout=timeout)
+        loop.answer = AnswerState(replay.answer.content, False)
+        loop.best = replay.best
+        if replay.partial is not None:  # its reply came before the kill: run it, don't re-ask
+            loop.turn = replay.partial.turn
+            self._run_reply(sandbox, replay.partial.reply, loop)
 
     def _record_cell(self, loop: _Loop, index: int, code: str, cell: Any) -> None:
         shared = self._shared
@@ -306,22 +369,26 @@ class Engine:
             outcome = Engine(self._shared, depth).run(prompt, contexts)
         return outcome.answer
 
-    def _trim_history(self, loop: _Loop) -> None:
-        """Keep the conversation under ``history_chars``: old outputs first, then old turns."""
+    def _trim_history(self, loop: _Loop) -> int:
+        """Keep the conversation under ``history_chars``: old outputs first, then old turns.
+
+        Returns the conversation's size in characters after trimming.
+        """
         limit = self._shared.options.history_chars
         msgs = loop.messages
-
-        def size() -> int:
-            return sum(len(m["content"]) for m in msgs)
-
+        size = sum(len(m["content"]) for m in msgs)  # kept up to date below, not recounted
         keep_tail = 4  # the last two exchanges stay whole
         i = loop.prefix_len
-        while size() > limit and i < len(msgs) - keep_tail:
+        while size > limit and i < len(msgs) - keep_tail:
             if msgs[i]["role"] == "user" and not msgs[i]["content"].startswith("[elided"):
-                msgs[i] = {"role": "user", "content": "[elided: an older output, to save space]"}
+                elided: Message = {"role": "user", "content": _ELIDED}
+                size += len(_ELIDED) - len(msgs[i]["content"])
+                msgs[i] = elided
             i += 1
-        while size() > limit and len(msgs) - loop.prefix_len > keep_tail:
+        while size > limit and len(msgs) - loop.prefix_len > keep_tail:
+            size -= sum(len(m["content"]) for m in msgs[loop.prefix_len : loop.prefix_len + 2])
             del msgs[loop.prefix_len : loop.prefix_len + 2]
+        return size
 
     def _turns_left_note(self, loop: _Loop) -> str:
         left = self._shared.budget.iterations - loop.turn

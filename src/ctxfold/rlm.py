@@ -4,27 +4,54 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ctxfold._resume import ResumeState, load_resume_state
 from ctxfold._run import EngineOptions, RunShared
 from ctxfold.budget import Budget
-from ctxfold.context import prepare_contexts
+from ctxfold.context import PreparedContext, prepare_contexts
 from ctxfold.engine import Engine
-from ctxfold.errors import CtxfoldError
+from ctxfold.errors import ContextError, CtxfoldError
 from ctxfold.models import Model, resolve_model
 from ctxfold.prompts import PROFILES
-from ctxfold.sandbox import Sandbox, make_sandbox
-from ctxfold.trace import RunEnd, RunStart, Trace
+from ctxfold.sandbox import ContextSpec, Sandbox, make_sandbox
+from ctxfold.trace import RunEnd, RunResume, RunStart, Trace
 from ctxfold.usage import Usage
 
 __version__ = "0.1.0"
 
 SandboxSpec = str | Sandbox | Callable[[], Sandbox]
+
+
+@contextmanager
+def _inputs_dir(keep: Path | None) -> Iterator[Path]:
+    """Where in-memory inputs are written: ``keep`` (left in place) or a temporary folder."""
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep
+        return
+    with tempfile.TemporaryDirectory(prefix="ctxfold-in-") as workdir:
+        yield Path(workdir)
+
+
+def _recorded_inputs(start: RunStart) -> list[PreparedContext]:
+    """The inputs of a recorded run, checked to be there still."""
+    prepared = []
+    for spec, description in zip(start.inputs, start.contexts, strict=False):
+        if not Path(spec["path"]).exists():
+            raise ContextError(f"input {spec['name']} of that run is gone: {spec['path']}")
+        context_spec = ContextSpec(
+            name=spec["name"], kind=spec["kind"], path=spec["path"], files=spec.get("files", [])
+        )
+        prepared.append(PreparedContext(context_spec, description, 0))
+    return prepared
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +109,8 @@ class RLM:
         if output_limit is not None and (not isinstance(output_limit, int) or output_limit < 200):
             raise CtxfoldError(f"output_limit must be a whole number >= 200, got {output_limit!r}")
         self.budget = budget or Budget()
+        self._model_spec = model if isinstance(model, str) else ""
+        self._sub_model_spec = sub_model if isinstance(sub_model, str) else self._model_spec
         self._owned: list[Model] = []
         self.model = self._resolve(model)
         self.sub_model = self.model if sub_model is None else self._resolve(sub_model)
@@ -141,35 +170,65 @@ class RLM:
         if not isinstance(question, str) or not question.strip():
             raise CtxfoldError("question must be a non-empty string")
         run_trace = trace if isinstance(trace, Trace) else Trace(trace)
-        shared = RunShared(
-            root_model=self.model,
-            sub_model=self.sub_model,
-            models=self._models,
-            budget=self.budget,
-            options=self._options,
-            make_sandbox=self._sandbox_factory(),
-            trace=run_trace,
-        )
+        # With a trace file, in-memory inputs are kept beside it until the run ends, so that
+        # a run whose host dies can be resumed from the trace.
+        keep = None if trace is None or isinstance(trace, Trace) else Path(f"{trace}.inputs")
         try:
-            with tempfile.TemporaryDirectory(prefix="ctxfold-in-") as workdir:
-                prepared = prepare_contexts(context, contexts, workdir=Path(workdir))
-                shared.emit(
-                    RunStart(
-                        run_id=uuid.uuid4().hex,
-                        question=question,
-                        model=self.model.name,
-                        sub_model=self.sub_model.name,
-                        budget=asdict(self.budget),
-                        contexts=[c.description for c in prepared],
-                        version=__version__,
-                    )
+            with _inputs_dir(keep) as workdir:
+                prepared = prepare_contexts(context, contexts, workdir=workdir)
+                start = RunStart(
+                    run_id=uuid.uuid4().hex,
+                    question=question,
+                    model=self.model.name,
+                    sub_model=self.sub_model.name,
+                    budget=asdict(self.budget),
+                    contexts=[c.description for c in prepared],
+                    version=__version__,
+                    model_spec=self._model_spec,
+                    sub_model_spec=self._sub_model_spec,
+                    inputs=[dict(c.spec) for c in prepared],
                 )
-                try:
-                    outcome = Engine(shared).run(question, prepared)
-                except BaseException:
-                    shared.cancelled.set()
-                    self._end(shared, "", False, "interrupted")
-                    raise
+                result = self._drive(question, prepared, run_trace, start)
+            if keep is not None:
+                shutil.rmtree(keep, ignore_errors=True)
+            return result
+        finally:
+            run_trace.close()
+
+    def _drive(
+        self,
+        question: str,
+        prepared: list[PreparedContext],
+        run_trace: Trace,
+        first: RunStart | RunResume,
+        replay: ResumeState | None = None,
+    ) -> Result:
+        """Run the top engine (fresh, or replaying a killed run) and wrap up its result."""
+        factory = self._sandbox_factory()
+        unused: list[Sandbox] = []
+        try:
+            # The top run's sandbox is made now so that RunStart can name its isolation level.
+            unused.append(factory())
+            shared = RunShared(
+                root_model=self.model,
+                sub_model=self.sub_model,
+                models=self._models,
+                budget=self.budget,
+                options=self._options,
+                make_sandbox=lambda: unused.pop() if unused else factory(),
+                trace=run_trace,
+            )
+            if isinstance(first, RunStart):
+                first = replace(first, isolation=str(getattr(unused[0], "isolation", "")))
+            shared.emit(first)
+            if replay is not None:
+                replay.restore_meters(shared)
+            try:
+                outcome = Engine(shared).run(question, prepared, replay)
+            except BaseException:
+                shared.cancelled.set()
+                self._end(shared, "", False, "interrupted")
+                raise
             usage = self._end(shared, outcome.answer, outcome.ready, outcome.stop_reason)
             return Result(
                 answer=outcome.answer,
@@ -181,7 +240,48 @@ class RLM:
                 seconds=run_trace.elapsed(),
             )
         finally:
-            run_trace.close()
+            for sandbox in unused:  # made, but the run ended before it started
+                sandbox.close()
+
+    @classmethod
+    def resume(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        model: str | Model | None = None,
+        sub_model: str | Model | None = None,
+        budget: Budget | None = None,
+        **options: Any,
+    ) -> Result:
+        """Continue a run whose host died (``kill -9``, Ctrl-C) from its JSONL trace.
+
+        The recorded cells are replayed in a fresh sandbox with their recorded sub-call answers
+        (no new model calls for what was answered), then the run goes on from the last completed
+        turn, appending to the same trace. The models default to the specs the trace recorded;
+        pass ``model=`` when the run used a model object.
+        """
+        trace = Trace.reopen(path)
+        try:
+            state = load_resume_state(trace)
+            start = state.start
+            spec = model or start.model_spec
+            if not spec:
+                raise CtxfoldError("the trace records no model spec (a model object?): pass model=")
+            rlm = cls(
+                spec,
+                sub_model or start.sub_model_spec or None,
+                budget=budget or Budget(**start.budget),
+                **options,
+            )
+            with rlm:
+                prepared = _recorded_inputs(start)
+                result = rlm._drive(
+                    start.question, prepared, trace, RunResume(turns=len(state.turns)), state
+                )
+            shutil.rmtree(f"{path}.inputs", ignore_errors=True)
+            return result
+        finally:
+            trace.close()
 
     def _end(self, shared: RunShared, answer: str, ready: bool, reason: str) -> Usage:
         usage = shared.usage.snapshot()

@@ -42,6 +42,19 @@ class RunStart(Event):
     contexts: list[str]
     isolation: str = ""
     version: str = ""
+    # What `ctxfold resume` needs to rebuild the run: the model specs as given, and where each
+    # input can be loaded from again (ContextSpec dicts).
+    model_spec: str = ""
+    sub_model_spec: str = ""
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunResume(Event):
+    """A resumed run continues here, after replaying ``turns`` completed turns."""
+
+    type: ClassVar[str] = "run_resume"
+    turns: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,6 +99,7 @@ class SubcallStart(Event):
     model: str
     prompt_chars: int
     prompt_preview: str
+    key: str = ""  # a hash of the request, to answer it from the trace when a run is resumed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,6 +113,15 @@ class SubcallEnd(Event):
     latency_s: float
     response: str
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Feedback(Event):
+    """The user message the root model got after a turn (cell output, or a nudge)."""
+
+    type: ClassVar[str] = "feedback"
+    turn: int
+    content: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,6 +168,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls
     for cls in (
         RunStart,
+        RunResume,
+        Feedback,
         RootRequest,
         RootResponse,
         Cell,
@@ -171,7 +196,7 @@ def event_from_dict(data: dict[str, Any]) -> Event:
 class Trace:
     """The events of one run, in order. Thread-safe; optionally streamed to a JSONL file."""
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, append: bool = False) -> None:
         self._lock = threading.Lock()
         self._events: list[Event] = []
         self._start = time.monotonic()
@@ -179,7 +204,8 @@ class Trace:
         self._listeners: list[Callable[[Event], None]] = []
         if path is not None:
             try:
-                self._sink = Path(path).open("w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+                mode = "a" if append else "w"  # lone surrogates are written as \udXXX escapes
+                self._sink = Path(path).open(mode, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115 - closed in close()
             except OSError as exc:
                 raise CtxfoldError(f"cannot write trace file {path}: {exc.strerror}") from None
 
@@ -223,9 +249,22 @@ class Trace:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write every event as JSONL to ``path``."""
-        with Path(path).open("w", encoding="utf-8") as fh:
+        with Path(path).open("w", encoding="utf-8", errors="backslashreplace") as fh:
             for event in self.events:
                 fh.write(json.dumps(event.to_dict(), ensure_ascii=False) + "\n")
+
+    @classmethod
+    def reopen(cls, path: str | os.PathLike[str]) -> Trace:
+        """Load a trace and keep writing new events to the end of the same file."""
+        old = cls.load(path)
+        data = Path(path).read_bytes()
+        if data and not data.endswith(b"\n"):  # drop a line torn by a killed writer
+            Path(path).write_bytes(data[: data.rfind(b"\n") + 1])
+        trace = cls(path, append=True)
+        trace._events = old._events
+        last = old._events[-1].t if old._events else 0.0
+        trace._start = time.monotonic() - last
+        return trace
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Trace:

@@ -1,0 +1,130 @@
+"""Resuming a run whose host died, from its JSONL trace.
+
+The trace holds every root reply, every cell's code, the feedback the root model got, and every
+sub-call's answer. Resuming rebuilds the root conversation from those, replays the executed cells
+in a fresh sandbox while answering their sub-calls from the trace (no new model calls for what
+was already answered), restores the budget meters, and goes on from the last completed turn.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from ctxfold._run import RunShared
+from ctxfold.broker import request_key
+from ctxfold.errors import CtxfoldError
+from ctxfold.models import TokenUsage
+from ctxfold.sandbox import AnswerState, SubcallHandler, SubcallRequest
+from ctxfold.trace import (
+    AnswerUpdate,
+    Cell,
+    Feedback,
+    RootResponse,
+    RunEnd,
+    RunStart,
+    SubcallEnd,
+    SubcallStart,
+    Trace,
+)
+
+
+@dataclass(slots=True)
+class TurnRecord:
+    """One root turn as recorded: the reply, the code cells it ran, and the feedback sent back."""
+
+    turn: int
+    reply: str
+    cells: list[str] = field(default_factory=list)
+    feedback: str | None = None
+    printed: bool = False
+
+
+@dataclass(slots=True)
+class ResumeState:
+    """What a resumed run starts from."""
+
+    start: RunStart
+    turns: list[TurnRecord]  # completed turns, in order
+    partial: TurnRecord | None  # a turn whose reply came but whose feedback was not written
+    answer: AnswerState
+    best: str
+    answers: dict[str, deque[str]]  # request key -> recorded answers, oldest first
+    trace: Trace
+
+    def restore_meters(self, shared: RunShared) -> None:
+        """Count what the recorded part of the run spent, in usage and against the budget."""
+        for event in self.trace:
+            if isinstance(event, RootResponse):
+                usage = TokenUsage(event.input_tokens, event.output_tokens)
+                shared.account(root=True, depth=event.depth, model=event.model, usage=usage)
+                if event.depth == 0:
+                    shared.meter.add_iteration()
+            elif isinstance(event, SubcallEnd) and event.kind == "llm":
+                usage = TokenUsage(event.input_tokens, event.output_tokens)
+                shared.account(root=False, depth=event.depth, model=event.model, usage=usage)
+                shared.meter.reserve_sub_call()
+
+
+def load_resume_state(trace: Trace) -> ResumeState:
+    """Read what a resumed run needs from a loaded trace. Raises :class:`CtxfoldError`."""
+    starts = trace.of_type(RunStart)
+    if not starts:
+        raise CtxfoldError("the trace has no run_start event: not a ctxfold run trace")
+    ends = [e for e in trace.of_type(RunEnd) if e.stop_reason != "interrupted"]
+    if ends:
+        raise CtxfoldError("that run already ended; there is nothing to resume")
+    turns: dict[int, TurnRecord] = {}
+    answer, best = AnswerState(), ""
+    keys: dict[int, str] = {}
+    answers: dict[str, deque[str]] = defaultdict(deque)
+    for event in trace:
+        if event.depth == 0 and isinstance(event, RootResponse):
+            turns[event.turn] = TurnRecord(turn=event.turn, reply=event.text)
+        elif event.depth == 0 and isinstance(event, Cell) and event.turn in turns:
+            turns[event.turn].cells.append(event.code)
+            turns[event.turn].printed |= bool(event.stdout.strip())
+        elif event.depth == 0 and isinstance(event, Feedback) and event.turn in turns:
+            turns[event.turn].feedback = event.content
+        elif event.depth == 0 and isinstance(event, AnswerUpdate):
+            answer = AnswerState(event.content, event.ready)
+            best = event.content or best
+        elif event.depth == 1 and isinstance(event, SubcallStart):
+            keys[event.call_id] = event.key
+        elif event.depth == 1 and isinstance(event, SubcallEnd) and event.error is None:
+            key = keys.get(event.call_id)
+            if key:
+                answers[key].append(event.response)
+    ordered = [turns[n] for n in sorted(turns)]
+    done = [t for t in ordered if t.feedback is not None]
+    partial = ordered[-1] if ordered and ordered[-1].feedback is None else None
+    return ResumeState(starts[0], done, partial, answer, best, answers, trace)
+
+
+class ReplayHandler:
+    """Answers sub-calls from the trace while it has them; asks ``live`` for the rest."""
+
+    def __init__(self, answers: dict[str, deque[str]], live: SubcallHandler) -> None:
+        self._answers = answers
+        self._live = live
+        self.replayed = 0
+
+    def __call__(self, request: SubcallRequest) -> list[str] | dict[str, Any]:
+        if request.kind == "budget":
+            return self._live(request)
+        results: list[str | None] = []
+        for item in request.items:
+            queue = self._answers.get(request_key(request.kind, item))
+            results.append(queue.popleft() if queue else None)
+        self.replayed += sum(r is not None for r in results)
+        missing = [i for i, r in enumerate(results) if r is None]
+        if missing:
+            fresh = self._live(
+                SubcallRequest(request.kind, tuple(request.items[i] for i in missing))
+            )
+            if not isinstance(fresh, list):  # pragma: no cover - handlers answer lists here
+                fresh = [f"[error: bad reply {fresh!r:.80}]"] * len(missing)
+            for i, text in zip(missing, fresh, strict=False):
+                results[i] = text
+        return [r if r is not None else "[error: no answer]" for r in results]

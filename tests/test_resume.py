@@ -1,0 +1,111 @@
+"""Resuming a run after its host was killed with SIGKILL, from the JSONL trace."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import ctxfold
+from ctxfold.testing.fake_openai import FakeOpenAIServer
+from ctxfold.trace import Cell
+
+TURNS = [
+    '```python\nparts = llm_batch(["sub A", "sub B"])\nsecret = 41\nprint(parts)\n```',
+    "```python\nprint(secret + 1)\n```",
+    '```python\nanswer["content"] = str(secret + 1)\nanswer["ready"] = True\n```',
+]
+
+RUNNER = """
+import sys, ctxfold
+rlm = ctxfold.RLM(model=sys.argv[1])
+rlm.run("What is the secret plus one?", context="some input text", trace=sys.argv[2])
+"""
+
+
+class _Script:
+    """Root replies by turn (the number of assistant messages so far); turn 3 hangs until told."""
+
+    def __init__(self) -> None:
+        self.hang = threading.Event()
+        self.release = threading.Event()
+        self.hang.set()
+
+    def __call__(self, messages: list[dict]) -> str:
+        if messages[-1]["content"].startswith("sub "):
+            return "got " + messages[-1]["content"][-1]
+        turn = sum(m["role"] == "assistant" for m in messages)
+        if turn == 2 and self.hang.is_set():
+            self.release.wait(30)
+        return TURNS[turn]
+
+
+def _root_requests(server: FakeOpenAIServer, turn: int) -> int:
+    return sum(
+        1
+        for body in server.requests
+        if sum(m["role"] == "assistant" for m in body["messages"]) == turn
+        and not body["messages"][-1]["content"].startswith("sub ")
+    )
+
+
+def test_resume_after_kill_9_replays_without_new_model_calls(tmp_path: Path) -> None:
+    trace = tmp_path / "run.jsonl"
+    script = _Script()
+    with FakeOpenAIServer(script) as server:
+        spec = f"openai:m@{server.base_url}"
+        proc = subprocess.Popen([sys.executable, "-c", RUNNER, spec, str(trace)])
+        deadline = time.monotonic() + 60
+        while _root_requests(server, 2) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _root_requests(server, 2) == 1, "the run never reached its third turn"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        script.hang.clear()
+        script.release.set()
+
+        events = [json.loads(line)["type"] for line in trace.read_text().splitlines()]
+        assert events.count("root_response") == 2 and "run_end" not in events
+        assert (tmp_path / "run.jsonl.inputs").is_dir()  # the in-memory input was kept
+
+        result = ctxfold.RLM.resume(trace)
+
+        assert result.ready and result.answer == "42"
+        # Turns 1 and 2 and both sub-calls were answered from the trace, not asked again.
+        assert _root_requests(server, 0) == 1 and _root_requests(server, 1) == 1
+        subs = [b for b in server.requests if b["messages"][-1]["content"].startswith("sub ")]
+        assert len(subs) == 2
+    lines = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert [e["type"] for e in lines].count("run_resume") == 1 and lines[-1]["type"] == "run_end"
+    assert result.usage.root_calls == 3 and result.usage.sub_calls == 2
+    cells = [c for c in result.trace.of_type(Cell) if c.depth == 0]
+    assert cells[1].stdout.strip() == "42"
+    assert not (tmp_path / "run.jsonl.inputs").exists()
+
+
+def test_resume_refuses_a_finished_run(tmp_path: Path) -> None:
+    trace = tmp_path / "done.jsonl"
+    script = _Script()
+    script.hang.clear()
+    with FakeOpenAIServer(script) as server:
+        ctxfold.RLM(model=f"openai:m@{server.base_url}").run("q", context="x", trace=trace)
+    with pytest.raises(ctxfold.CtxfoldError, match="already ended"):
+        ctxfold.RLM.resume(trace)
+
+
+def test_resume_cli_errors_are_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "ctxfold", "resume", str(tmp_path / "missing.jsonl")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("ctxfold: error:")
