@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 from collections.abc import Iterator
@@ -12,6 +13,24 @@ import pytest
 _SECRETS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL")
 
 
+def _become_subreaper() -> None:
+    """Orphans of processes the tests start (e.g. a killed CLI's worker) become our children,
+    so orphan checks look only at this test run's processes, whatever else the machine runs."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+_become_subreaper()
+
+
+def worker_children() -> set[int]:
+    """Live sandbox worker processes among this test run's descendants (and adopted orphans)."""
+    return {pid for pid in child_pids() if _is_python_worker(pid)}
+
+
 @pytest.fixture(autouse=True)
 def _no_hosted_models(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in _SECRETS:
@@ -19,16 +38,23 @@ def _no_hosted_models(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def child_pids() -> set[int]:
-    """PIDs of this process's live children (to check no worker outlives a run)."""
+    """PIDs of this process's live descendants (to check no worker outlives a run)."""
     out = subprocess.run(
-        ["ps", "-o", "pid=,stat=", "--ppid", str(os.getpid())], capture_output=True, text=True
+        ["ps", "-e", "-o", "pid=,ppid=,stat="], capture_output=True, text=True, check=False
     ).stdout
-    pids = set()
-    for line in out.split("\n"):
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines():
         parts = line.split()
-        if len(parts) == 2 and not parts[1].startswith("Z") and int(parts[0]) != os.getpid():
-            pids.add(int(parts[0]))
-    return pids
+        if len(parts) == 3 and not parts[2].startswith("Z"):
+            children.setdefault(int(parts[1]), []).append(int(parts[0]))
+    found: set[int] = set()
+    todo = [os.getpid()]
+    while todo:
+        for pid in children.get(todo.pop(), []):
+            if pid not in found:
+                found.add(pid)
+                todo.append(pid)
+    return found
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from conftest import worker_children
 from ctxfold.testing.fake_openai import FakeOpenAIServer
 
 
@@ -160,6 +161,5 @@ def test_ctrl_c_flushes_trace_and_exits_130(tmp_path: Path) -> None:
     assert not (_workers() & ours), "the interrupted run left its worker behind"
 
 
-def _workers() -> set[str]:
-    out = subprocess.run(["pgrep", "-f", "sandbox/_worker.py"], capture_output=True, text=True)
-    return set(out.stdout.split())
+def _workers() -> set[int]:
+    return worker_children()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass, fields
@@ -25,6 +26,10 @@ class Budget:
         cell_seconds: time one code cell may run, not counting time spent waiting on sub-calls.
         sub_calls: number of sub-LLM calls.
         max_errors: consecutive cells ending in an exception before the run stops.
+
+    NaN is refused everywhere. ``float("inf")`` is accepted for ``usd``, ``seconds`` and
+    ``cell_seconds`` and means "unlimited" (the same as ``None``); the whole-number limits take
+    ``None`` for that.
     """
 
     iterations: int = 30
@@ -42,6 +47,8 @@ class Budget:
             if value is None and f.name not in ("iterations", "depth", "cell_seconds"):
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float):
+                raise BudgetError(f"Budget.{f.name} must be a number, got {value!r}")
+            if math.isnan(value):  # NaN compares false with everything: no limit would hit
                 raise BudgetError(f"Budget.{f.name} must be a number, got {value!r}")
             if f.name in ("iterations", "tokens", "sub_calls", "max_errors", "depth") and (
                 not isinstance(value, int)

@@ -42,6 +42,10 @@ def prepare_contexts(
     """
     if context is not None and contexts is not None:
         raise ContextError("give either context= or contexts=, not both")
+    if contexts is not None and (
+        isinstance(contexts, str | bytes | bytearray) or not isinstance(contexts, Sequence)
+    ):
+        raise ContextError(f"contexts= must be a list of inputs, got {type(contexts).__name__}")
     items: list[Any] = [context] if contexts is None else list(contexts)
     if contexts is not None and not items:
         raise ContextError("contexts= is empty")
@@ -111,7 +115,7 @@ def _sniff_text(path: Path) -> str:
     try:
         return head.decode("utf-8")
     except UnicodeDecodeError as exc:
-        if exc.start >= len(head) - 3:  # a multi-byte character cut by the sniff window
+        if len(head) == _SNIFF_BYTES and exc.start >= len(head) - 3:  # cut by the sniff window
             return head[: exc.start].decode("utf-8")
         raise ContextError(f"context file is not UTF-8 text: {path} (byte {exc.start})") from None
 
@@ -163,11 +167,15 @@ def _from_data(value: Any, name: str, workdir: Path) -> PreparedContext:
     path = workdir / f"{name}.json"
     try:
         text = json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise ContextError(
             f"context {type(value).__name__} is not JSON-serialisable: {exc}"
         ) from None
-    path.write_text(text, encoding="utf-8")
+    try:
+        path.write_text(text, encoding="utf-8")
+    except UnicodeEncodeError:  # lone surrogates: \uXXXX escapes load back as the same str
+        text = json.dumps(value)
+        path.write_text(text, encoding="utf-8")
     if isinstance(value, dict):
         keys = list(value)[:_MAX_LISTED_FILES]
         shape = f"dict with {len(value):,} keys, first keys {keys!r}"

@@ -62,7 +62,15 @@ def _split_url(spec: str, rest: str) -> tuple[str, str | None]:
         raise ModelSpecError(f"model spec {spec!r} has no model name: {_FORMS}")
     if not at:
         return name, None
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError for a port that is not a number in 0-65535
+    except ValueError as exc:  # e.g. "http://[" (a broken IPv6 address)
+        raise ModelSpecError(f"model spec {spec!r}: bad base URL after '@' ({exc})") from None
+    if any(not c.isprintable() or c.isspace() for c in url):
+        raise ModelSpecError(
+            f"model spec {spec!r}: the base URL after '@' has a space or control character"
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ModelSpecError(
             f"model spec {spec!r}: the base URL after '@' must start with http:// or https:// "
