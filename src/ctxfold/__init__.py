@@ -8,7 +8,7 @@ runs in a sandboxed REPL holding the input, and by delegating reading to sub-LLM
     >>> result = rlm.run("Which user placed order 7731?", context=Path("orders.log"))
 """
 
-from ctxfold import models
+from ctxfold import models, tools
 from ctxfold.budget import Budget
 from ctxfold.errors import (
     BudgetError,
@@ -41,4 +41,5 @@ __all__ = [
     "Usage",
     "__version__",
     "models",
+    "tools",
 ]

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from ctxfold.budget import Budget, BudgetMeter
 from ctxfold.models import Model, TokenUsage
 from ctxfold.sandbox import Sandbox
+from ctxfold.tools import Tool
 from ctxfold.trace import Event, Trace
 from ctxfold.usage import UsageMeter
 
@@ -38,6 +39,8 @@ class RunShared:
     meter: BudgetMeter = field(init=False)
     usage: UsageMeter = field(default_factory=UsageMeter)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    tools: tuple[Tool, ...] = ()  # given to sub-LLMs only
+    tool_turns: int = 6  # tool calls allowed per sub-call
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def __post_init__(self) -> None:

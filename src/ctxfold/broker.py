@@ -15,9 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ctxfold._run import RunShared
-from ctxfold.models import Message, Model
+from ctxfold.models import Completion, Message, Model
 from ctxfold.sandbox import SubcallItem, SubcallRequest
-from ctxfold.trace import SubcallEnd, SubcallStart
+from ctxfold.tools import ToolOutcome, run_tool_loop
+from ctxfold.trace import SubcallEnd, SubcallStart, ToolCall
 
 # (prompt, context, depth of the child) -> the child run's answer
 ChildRunner = Callable[[str, Any, int], str]
@@ -113,12 +114,11 @@ class Broker:
         )
         started = time.monotonic()
         try:
-            completion = model.complete(messages)
+            completion = self._complete(model, messages, call_id, depth)
         except Exception as exc:
             message = str(exc) or type(exc).__name__
             self._end(call_id, model.name, started, "", message)
             return error_text("llm_query", message)
-        shared.account(root=False, depth=depth, model=model.name, usage=completion.usage)
         self._end(
             call_id,
             model.name,
@@ -129,6 +129,57 @@ class Broker:
             completion.usage.output_tokens,
         )
         return completion.text
+
+    def _complete(
+        self, model: Model, messages: list[Message], call_id: int, depth: int
+    ) -> Completion:
+        """One sub-LLM answer: a single call, or the tool loop when the run has tools.
+
+        Every model call is accounted at once, so tool-loop turns count against the budget.
+        """
+        shared = self._shared
+
+        def once(convo: list[Message]) -> Completion:
+            completion = model.complete(convo)
+            shared.account(root=False, depth=depth, model=model.name, usage=completion.usage)
+            return completion
+
+        if not shared.tools:
+            return once(messages)
+
+        def on_tool(outcome: ToolOutcome) -> None:
+            shared.emit(
+                ToolCall(
+                    t=shared.trace.elapsed(),
+                    depth=depth,
+                    call_id=call_id,
+                    turn=outcome.turn,
+                    tool=outcome.tool,
+                    arguments=outcome.arguments,
+                    result=outcome.result[:_PREVIEW],
+                    error=outcome.error,
+                    latency_s=outcome.latency_s,
+                )
+            )
+
+        def should_stop() -> str | None:
+            # Only the limits a tool turn spends end the loop (not iterations or sub_calls).
+            if shared.cancelled.is_set():
+                return "the run was cancelled"
+            left = shared.meter.remaining()
+            spent = [
+                k for k in ("tokens", "usd", "seconds") if left[k] is not None and left[k] <= 0
+            ]
+            return f"the run's {spent[0]} budget is spent" if spent else None
+
+        return run_tool_loop(
+            once,
+            messages,
+            shared.tools,
+            max_turns=shared.tool_turns,
+            on_tool=on_tool,
+            should_stop=should_stop,
+        )
 
     def _end(
         self,

@@ -24,6 +24,7 @@ from ctxfold.context import PreparedContext, prepare_contexts
 from ctxfold.errors import CtxfoldError
 from ctxfold.models import Message
 from ctxfold.sandbox import AnswerState, Sandbox, SubcallHandler
+from ctxfold.tools import root_tools_note
 from ctxfold.trace import (
     AnswerUpdate,
     BudgetStop,
@@ -158,6 +159,7 @@ class Engine:
             output_limit=opts.output_limit,
             sub_window=sub_window,
             sub_calls=self._shared.budget.depth > 0,
+            tools_note=root_tools_note(self._shared.tools) if self._shared.budget.depth > 0 else "",
         )
         task = prompts.task_message(
             question, [(n, c.description) for n, c in zip(names, contexts, strict=True)]

@@ -22,6 +22,7 @@ from ctxfold.errors import ContextError, CtxfoldError
 from ctxfold.models import Model, resolve_model
 from ctxfold.prompts import PROFILES
 from ctxfold.sandbox import ContextSpec, Sandbox, make_sandbox
+from ctxfold.tools import DEFAULT_TURNS, as_tools
 from ctxfold.trace import RunEnd, RunResume, RunStart, Trace
 from ctxfold.usage import Usage
 
@@ -86,6 +87,10 @@ class RLM:
         prompt_profile: ``"concise"`` for strong models, ``"small"`` (demonstration turns) for
             small ones; ``"auto"`` picks ``"small"`` for local models.
         models: extra named models code may pick with ``llm_query(..., model=NAME)``.
+        tools: functions (type hints and docstring make the schema), ``ctxfold.tools.Tool``
+            objects or adapters (``WebSearch``) given to sub-LLMs only: each ``llm_query`` /
+            ``llm_batch`` call may use them; the root model is told they exist, never calls them.
+        tool_turns: tool calls allowed per sub-call before the sub-LLM must answer.
     """
 
     def __init__(
@@ -99,6 +104,8 @@ class RLM:
         output_limit: int | None = None,
         prompt_profile: str = "auto",
         models: Mapping[str, str | Model] | None = None,
+        tools: Sequence[Any] | None = None,
+        tool_turns: int = DEFAULT_TURNS,
     ) -> None:
         if budget is not None and not isinstance(budget, Budget):
             raise CtxfoldError(f"budget must be a ctxfold.Budget, got {type(budget).__name__}")
@@ -120,6 +127,10 @@ class RLM:
         self._sandbox = sandbox
         make_sandbox(sandbox) if isinstance(sandbox, str) else None  # validate the spec early
         self._options = self._engine_options(concurrency, output_limit, prompt_profile)
+        if not isinstance(tool_turns, int) or isinstance(tool_turns, bool) or tool_turns < 1:
+            raise CtxfoldError(f"tool_turns must be a whole number >= 1, got {tool_turns!r}")
+        self.tools = as_tools(tools)
+        self._tool_turns = tool_turns
 
     def _resolve(self, spec: str | Model) -> Model:
         model = resolve_model(spec)
@@ -217,6 +228,8 @@ class RLM:
                 options=self._options,
                 make_sandbox=lambda: unused.pop() if unused else factory(),
                 trace=run_trace,
+                tools=self.tools,
+                tool_turns=self._tool_turns,
             )
             if isinstance(first, RunStart):
                 first = replace(first, isolation=str(getattr(unused[0], "isolation", "")))

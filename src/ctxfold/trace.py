@@ -116,6 +116,20 @@ class SubcallEnd(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ToolCall(Event):
+    """A sub-LLM's tool call, nested in the sub-call ``call_id`` (``turn`` counts from 1)."""
+
+    type: ClassVar[str] = "tool_call"
+    call_id: int
+    turn: int
+    tool: str
+    arguments: dict[str, Any]
+    result: str  # a preview of what the tool returned
+    error: str | None
+    latency_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Feedback(Event):
     """The user message the root model got after a turn (cell output, or a nudge)."""
 
@@ -175,6 +189,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         Cell,
         SubcallStart,
         SubcallEnd,
+        ToolCall,
         AnswerUpdate,
         Guard,
         WorkerRestart,

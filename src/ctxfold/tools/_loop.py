@@ -1,0 +1,237 @@
+"""The bounded multi-turn tool loop of one sub-LLM call, over a text protocol any model can speak.
+
+The sub-LLM's system message lists the tools and asks for exactly one fenced block to call one::
+
+    ```tool
+    {"name": "search", "arguments": {"query": "...", "k": 5}}
+    ```
+
+The loop runs the tool on the host in a thread with the tool's timeout, sends the (cut) result
+back as the next user message, and repeats until the model replies without a tool block or the
+turn limit is reached. Tool errors and timeouts become messages to the model, never exceptions.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ctxfold.models import Completion, Message, TokenUsage
+from ctxfold.tools._tool import Tool
+
+DEFAULT_TURNS = 6
+RESULT_CHARS = 4000
+
+_BLOCK = re.compile(r"```[ \t]*(tool|json)?[ \t]*\r?\n(.*?)\r?\n?[ \t]*```", re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOutcome:
+    """One tool call made in the loop (what the trace records)."""
+
+    turn: int
+    tool: str
+    arguments: dict[str, Any]
+    result: str
+    error: str | None
+    latency_s: float
+
+
+def tools_system_text(tools: Sequence[Tool], max_turns: int) -> str:
+    """The system-message text that teaches a sub-LLM the tool protocol."""
+    lines = ["You can use these tools:"]
+    for tool in tools:
+        lines.append(f"- {tool.signature()}: {tool.description}".rstrip(": "))
+        lines.append(f"  parameters: {json.dumps(tool.parameters, ensure_ascii=False)}")
+    lines += [
+        "",
+        "To call a tool, reply with exactly one fenced block and nothing else:",
+        "```tool",
+        '{"name": "TOOL_NAME", "arguments": {"PARAM": "VALUE"}}',
+        "```",
+        "The next message gives you the tool's result. You may call tools up to "
+        f"{max_turns} times. When you are done, reply normally with your answer (no tool block).",
+    ]
+    return "\n".join(lines)
+
+
+def root_tools_note(tools: Sequence[Tool]) -> str:
+    """The line of the root system prompt that says which tools the sub-LLMs have."""
+    if not tools:
+        return ""
+    listed = "; ".join(
+        f"{t.signature()} - {t.description.rstrip('.')}" if t.description else t.signature()
+        for t in tools
+    )
+    return (
+        f"Sub-LLMs called with llm_query/llm_batch can use these tools: {listed}. "
+        "You cannot call them yourself: ask a sub-LLM to use them, e.g. "
+        'llm_query("Use the search tool to find ... and answer: ...").'
+    )
+
+
+def parse_tool_call(text: str, names: set[str]) -> tuple[str, dict[str, Any]] | str | None:
+    """``(name, arguments)`` of the tool call in ``text``; an error string if a ``tool`` block is
+    malformed; ``None`` if the reply calls no tool (a ``json`` block counts only when it names a
+    known tool)."""
+    for match in _BLOCK.finditer(text):
+        label, body = match.group(1), match.group(2).strip()
+        try:
+            call = json.loads(body)
+        except json.JSONDecodeError as exc:
+            if label == "tool":
+                return f"the tool block is not valid JSON ({exc.msg})"
+            continue
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+            if label == "tool":
+                return 'the tool block must be a JSON object {"name": ..., "arguments": {...}}'
+            continue
+        if label != "tool" and call["name"] not in names:
+            continue
+        arguments = call.get("arguments", {})
+        if isinstance(arguments, str):  # some models send the arguments as a JSON string
+            try:
+                arguments = json.loads(arguments or "{}")
+            except json.JSONDecodeError:
+                return "arguments must be a JSON object"
+        if not isinstance(arguments, dict):
+            return "arguments must be a JSON object"
+        return call["name"], arguments
+    return None
+
+
+def run_tool(
+    tool: Tool, arguments: dict[str, Any], limit: int = RESULT_CHARS
+) -> tuple[str, str | None]:
+    """Call ``tool`` in a daemon thread within its timeout: ``(result text, error or None)``."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = tool.function(**arguments)
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"ctxfold-tool-{tool.name}", daemon=True)
+    thread.start()
+    thread.join(tool.timeout)
+    if thread.is_alive():  # a thread cannot be killed; it is left to finish on its own
+        return "", f"timed out after {tool.timeout:g} s"
+    if "error" in box:
+        exc = box["error"]
+        return "", f"{type(exc).__name__}: {exc}"
+    return _cut(_as_text(box.get("value")), limit), None
+
+
+def run_tool_loop(
+    complete: Callable[[list[Message]], Completion],
+    messages: Sequence[Message],
+    tools: Sequence[Tool],
+    *,
+    max_turns: int = DEFAULT_TURNS,
+    result_chars: int = RESULT_CHARS,
+    on_tool: Callable[[ToolOutcome], None] | None = None,
+    should_stop: Callable[[], str | None] | None = None,
+) -> Completion:
+    """Run one sub-call with tools: at most ``max_turns`` tool calls, then a final reply.
+
+    ``complete`` makes one model call (and accounts for it); ``on_tool`` hears of each tool call;
+    ``should_stop`` returns a reason (e.g. a spent budget) to end the loop early. Returns the
+    final reply, with the usage of every model call of the loop added up.
+    """
+    by_name = {t.name: t for t in tools}
+    convo = _with_tools_system(messages, tools, max_turns)
+    usages: list[TokenUsage] = []
+    calls = 0
+    while True:
+        completion = complete(convo)
+        usages.append(completion.usage)
+        parsed = parse_tool_call(completion.text, set(by_name))
+        if parsed is None:
+            return _summed(completion, completion.text, usages)
+        stop = should_stop() if should_stop is not None else None
+        if calls >= max_turns or stop:
+            why = stop or f"the limit of {max_turns} tool calls was reached"
+            text = _BLOCK.sub("", completion.text).strip()
+            return _summed(
+                completion, text or f"[error: tools: {why} before a final answer]", usages
+            )
+        calls += 1
+        convo.append({"role": "assistant", "content": completion.text})
+        convo.append(
+            {"role": "user", "content": _turn(calls, parsed, by_name, result_chars, on_tool)}
+        )
+        if calls == max_turns:
+            convo[-1]["content"] += "\n\nThat was your last tool call: reply now with your answer."
+
+
+def _turn(
+    turn: int,
+    parsed: tuple[str, dict[str, Any]] | str,
+    by_name: dict[str, Tool],
+    limit: int,
+    on_tool: Callable[[ToolOutcome], None] | None,
+) -> str:
+    """Run one requested call; the message that reports its result or error to the model."""
+    name, result, error, latency = "", "", None, 0.0
+    arguments: dict[str, Any] = {}
+    if isinstance(parsed, str):
+        error = parsed
+    else:
+        name, arguments = parsed
+        tool = by_name.get(name)
+        started = time.monotonic()
+        if tool is None:
+            error = f"unknown tool {name!r}; the tools are: {', '.join(by_name)}"
+        else:
+            result, error = run_tool(tool, arguments, limit)
+        latency = time.monotonic() - started
+    if on_tool is not None:
+        on_tool(ToolOutcome(turn, name, arguments, result, error, latency))
+    if error is not None:
+        return f"Tool error ({name or 'call'}): {error}"
+    return f"Tool result ({name}):\n{result}"
+
+
+def _with_tools_system(
+    messages: Sequence[Message], tools: Sequence[Tool], max_turns: int
+) -> list[Message]:
+    note = tools_system_text(tools, max_turns)
+    convo: list[Message] = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if convo and convo[0]["role"] == "system":
+        convo[0]["content"] = f"{convo[0]['content']}\n\n{note}"
+    else:
+        convo.insert(0, {"role": "system", "content": note})
+    return convo
+
+
+def _summed(last: Completion, text: str, usages: list[TokenUsage]) -> Completion:
+    costs = [u.cost_usd for u in usages if u.cost_usd is not None]
+    usage = TokenUsage(
+        input_tokens=sum(u.input_tokens for u in usages),
+        output_tokens=sum(u.output_tokens for u in usages),
+        cached_tokens=sum(u.cached_tokens for u in usages),
+        estimated=any(u.estimated for u in usages),
+        cost_usd=sum(costs) if costs else None,
+    )
+    return Completion(text=text, usage=usage, model=last.model, finish_reason=last.finish_reason)
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}\n... [cut: {len(text) - limit:,} more characters]"
