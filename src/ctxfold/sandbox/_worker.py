@@ -1,9 +1,15 @@
 """The sandbox worker: runs model-written code cells in one persistent namespace.
 
 This file is a self-contained program (standard library only; it never imports ctxfold). The host
-starts it as ``python -I -u _worker.py READ_FD WRITE_FD``. The two fds carry the message channel:
-each message is a 4-byte big-endian length followed by UTF-8 JSON. fds 1 and 2 are a plain pipe
-the host drains, so nothing model code writes there can pass for a channel message.
+starts it as ``python -I -u _worker.py READ_FD WRITE_FD [LIMITS]``. The two fds carry the message
+channel: each message is a 4-byte big-endian length followed by UTF-8 JSON. fds 1 and 2 are a plain
+pipe the host drains, so nothing model code writes there can pass for a channel message. In
+``stdio`` mode (``_worker.py stdio [LIMITS]``, for containers, where extra fds do not cross) the
+channel comes in on fd 0 and goes out on fd 1: both are moved aside at once and fd 1 is pointed at
+fd 2 (the drained stream) before any model code runs.
+
+``LIMITS`` (JSON) are the resource limits the worker sets on itself at start-up, and the ``uid`` a
+worker started as root drops to after loading its inputs (see ``sandbox/_isolation.py``).
 
 Threads: a reader thread owns the channel's read side. ``reply`` messages complete pending
 sub-calls (so threads in model code may call ``llm_query`` at once); ``exec`` and ``shutdown`` go
@@ -19,6 +25,7 @@ import linecache
 import mmap
 import os
 import queue
+import resource
 import signal
 import struct
 import sys
@@ -35,6 +42,10 @@ _MMAP_MIN_BYTES = 64 * 1024 * 1024  # text files at least this big are decoded f
 _MAX_SEND = 48 * 1024 * 1024  # one outgoing frame (the host refuses frames over 64 MiB)
 _MAX_ANSWER_CHARS = 4_000_000
 _ASYNC_FLAGS = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+_NOBODY = 65534
+_MIB = 1024 * 1024
+# Bound once: model code that patches json or os must not break the channel.
+_dumps, _loads, _write = json.dumps, json.loads, os.write
 
 
 class _BoundedWriter(io.TextIOBase):
@@ -175,7 +186,10 @@ class _Channel:
 
     def __init__(self, read_fd: int, write_fd: int) -> None:
         self._reader = open(read_fd, "rb", buffering=1 << 16)  # noqa: SIM115 (lives forever)
+        self._read_fd = read_fd
         self._write_fd = write_fd
+        self._main = threading.get_ident()
+        self.orphaned = False
         self._write_lock = threading.Lock()
         self._pending: dict[int, _Pending] = {}
         self._pending_lock = threading.Lock()
@@ -184,17 +198,27 @@ class _Channel:
 
     def send(self, message: dict[str, Any]) -> None:
         """Send one message (thread-safe)."""
-        data = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+        data = _dumps(message, ensure_ascii=False, separators=(",", ":"))
         self.send_raw(data.encode("utf-8", "replace"))
 
     def send_raw(self, payload: bytes) -> None:
+        if self.orphaned:
+            raise RuntimeError("sub-calls work only in the sandbox's own process, not in a fork")
         frame = memoryview(_HEADER.pack(len(payload)) + payload)
         with _INTERRUPTS.shield(), self._write_lock:
             try:
                 while frame:
-                    frame = frame[os.write(self._write_fd, frame) :]
+                    frame = frame[_write(self._write_fd, frame) :]
             except OSError:
                 os._exit(0)  # the host is gone
+
+    def orphan(self) -> None:
+        """In a process forked by model code: let go of the channel (it is the worker's)."""
+        self.orphaned = True
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (self._read_fd, self._write_fd):
+            os.dup2(null, fd, inheritable=False)
+        os.close(null)
 
     def _recv(self) -> dict[str, Any] | None:
         header = self._reader.read(_HEADER.size)
@@ -204,7 +228,7 @@ class _Channel:
         payload = self._reader.read(size)
         if len(payload) < size:
             return None
-        message = json.loads(payload)
+        message = _loads(payload)
         return message if isinstance(message, dict) else {}
 
     def read_forever(self) -> None:
@@ -222,6 +246,8 @@ class _Channel:
                 if pending is not None:
                     pending.value = message.get("results")
                     pending.done.set()
+            elif message.get("op") == "interrupt":  # as the host's SIGINT, when it cannot reach us
+                signal.pthread_kill(self._main, signal.SIGINT)
             else:
                 self.inbox.put(message)
 
@@ -291,7 +317,7 @@ def _item_fields(item: Any, where: str, with_context: bool) -> dict[str, Any] | 
 
 def _encode_item(fields: dict[str, Any], where: str) -> bytes | str:
     try:
-        data = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+        data = _dumps(fields, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         return f"[error: {where}: the context is not JSON-serialisable ({exc})]"
     encoded = data.encode("utf-8", "replace")
@@ -326,6 +352,7 @@ class _Worker:
         self.ns: dict[str, Any] = self._module.__dict__
         self._answer: dict[str, Any] = {"content": "", "ready": False}
         self._scaffold: dict[str, Any] = {}
+        self._builtins = dict(vars(builtins))
 
     # ---- setup ----
 
@@ -355,8 +382,8 @@ class _Worker:
 
     # ---- cells ----
 
-    def run_cell(self, code: str) -> dict[str, Any]:
-        """Run one cell; return the ``result`` message."""
+    def run_cell(self, code: str, cell_id: Any = None) -> dict[str, Any]:
+        """Run one cell; return the ``result`` message (tagged with the host's ``cell_id``)."""
         self._cells += 1
         filename = f"<cell {self._cells}>"
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
@@ -387,6 +414,7 @@ class _Worker:
         content, ready = _answer_fields(self._answer)
         return {
             "op": "result",
+            "cell": cell_id,
             "stdout": out.getvalue(),
             "stderr": err.getvalue(),
             "error": error,
@@ -422,6 +450,11 @@ class _Worker:
                 restored.append(name)
         if self.ns.get("__builtins__") is not builtins:
             self.ns["__builtins__"] = builtins
+        table = vars(builtins)
+        for name, original in self._builtins.items():
+            if table.get(name, restored) is not original:
+                table[name] = original
+                restored.append(f"builtins.{name}")
         current = self.ns.get("answer")
         if isinstance(current, dict):
             self._answer = current  # adopted: `answer = {...}` is a fine way to answer
@@ -605,30 +638,115 @@ def _make_functions(worker: _Worker) -> list[Callable[..., Any]]:
     return [llm_query, llm_batch, rlm_query, rlm_batch, FINAL, FINAL_VAR, budget, SHOW_VARS]
 
 
+def _channel_fds(argv: list[str]) -> tuple[int, int, list[str]]:
+    """The channel's fds and the remaining arguments; in ``stdio`` mode, moves fds 0 and 1 aside
+    (fd 0 becomes /dev/null, fd 1 joins fd 2)."""
+    if argv[1] == "stdio":
+        read_fd, write_fd = os.dup(0), os.dup(1)  # new fds are not inheritable
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        os.dup2(2, 1)
+        return read_fd, write_fd, argv[2:]
+    return int(argv[1]), int(argv[2]), argv[3:]
+
+
+def _apply_limits(limits: dict[str, Any]) -> None:
+    """Set resource limits (soft and hard) on this process and everything it starts."""
+    wanted: list[tuple[int, int, int]] = [(resource.RLIMIT_CORE, 0, 0)]
+    for key, res, scale in (
+        ("memory_mb", resource.RLIMIT_AS, _MIB),
+        ("file_mb", resource.RLIMIT_FSIZE, _MIB),
+        ("open_files", resource.RLIMIT_NOFILE, 1),
+    ):
+        if isinstance(limits.get(key), int):
+            wanted.append((res, limits[key] * scale, limits[key] * scale))
+    cpu = limits.get("cpu_seconds")
+    if isinstance(cpu, int):  # SIGXCPU at the soft limit, SIGKILL at the hard one
+        wanted.append((resource.RLIMIT_CPU, cpu, cpu + 5))
+    processes = limits.get("processes")
+    if isinstance(processes, int):  # RLIMIT_NPROC counts every task of the real uid
+        others = 0 if isinstance(limits.get("uid"), int) else _tasks_of(os.getuid())
+        wanted.append((resource.RLIMIT_NPROC, others + processes, others + processes))
+    for res, soft, hard in wanted:
+        current = resource.getrlimit(res)[1]
+        top = hard if current == resource.RLIM_INFINITY else min(hard, current)
+        resource.setrlimit(res, (min(soft, top), top))
+
+
+def _tasks_of(uid: int) -> int:
+    """Tasks (threads) other processes of ``uid`` have now, as far as /proc shows them."""
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            lines = (entry / "status").read_text().splitlines()
+            fields = dict(line.split(":", 1) for line in lines)
+            if int(fields["Uid"].split()[0]) == uid:
+                count += int(fields["Threads"])
+        except (OSError, ValueError, KeyError, IndexError):
+            continue
+    return count
+
+
+def _drop_root(uid: int) -> int | None:
+    """Leave root for ``uid`` (or nobody); the uid now held, or None if root could not be left."""
+    if os.geteuid() != 0:
+        return os.geteuid()
+    for candidate in (uid, _NOBODY):
+        try:
+            os.setgroups([])
+            os.setresgid(candidate, candidate, candidate)
+            os.setresuid(candidate, candidate, candidate)
+        except OSError:
+            continue
+        return candidate
+    return None
+
+
 def main(argv: list[str]) -> None:
     """Serve the host: init, then cells until ``shutdown`` or channel EOF."""
     sys.dont_write_bytecode = True
     builtins.input = _no_input
-    read_fd, write_fd = int(argv[1]), int(argv[2])
+    read_fd, write_fd, rest = _channel_fds(argv)
     for fd in (read_fd, write_fd):
         os.set_inheritable(fd, False)  # processes model code starts must not get the channel
+    limits: dict[str, Any] = {}
+    setup_error: str | None = None
+    try:
+        limits = _loads(rest[0]) if rest else {}
+        _apply_limits(limits)
+    except Exception as exc:
+        setup_error = f"could not set the resource limits: {type(exc).__name__}: {exc}"
     channel = _Channel(read_fd, write_fd)
+    os.register_at_fork(after_in_child=channel.orphan)
     worker = _Worker(channel)
     signal.signal(signal.SIGINT, _INTERRUPTS.handler)
     threading.Thread(target=channel.read_forever, name="ctxfold-channel", daemon=True).start()
     first = channel.inbox.get()
+    uid: int | None = None
     try:
+        if setup_error:
+            raise RuntimeError(setup_error)
         if first.get("op") != "init":
             raise ValueError(f"expected an init message, got {first.get('op')!r}")
         worker.init(first)
+        if isinstance(limits.get("uid"), int):
+            uid = _drop_root(limits["uid"])
+            if uid is None:
+                raise PermissionError("the worker could not drop root privileges")
     except Exception as exc:
         channel.send({"op": "init_error", "error": f"{type(exc).__name__}: {exc}"})
         os._exit(1)
-    channel.send({"op": "ready"})
+    channel.send({"op": "ready", "uid": uid})
     while True:
         message = channel.inbox.get()
         if message.get("op") == "exec":
-            channel.send(worker.run_cell(str(message.get("code", ""))))
+            result = worker.run_cell(str(message.get("code", "")), message.get("cell"))
+            if channel.orphaned:  # a process model code forked ended its copy of the cell
+                os._exit(0)
+            channel.send(result)
         elif message.get("op") == "shutdown":
             os._exit(0)
 

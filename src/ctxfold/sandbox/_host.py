@@ -1,0 +1,366 @@
+"""The host's side of one worker process: its pipes, its output drain and its cell clock.
+
+Everything here is plumbing shared by the sandboxes that run ``_worker.py`` (locally, under
+bubblewrap, or in a container): framing and reading the channel, draining fds 1 and 2 into a
+bounded buffer, waiting on the process, interrupting and killing it, and starting workers from
+one long-lived thread. It knows nothing of cells.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import select
+import signal
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+WORKER_PATH = Path(__file__).with_name("_worker.py")
+HEADER = struct.Struct(">I")
+MAX_FRAME = 64 * 1024 * 1024
+SHUTDOWN_WAIT_S = 1.0
+_SEND_TIMEOUT_S = 10.0  # a worker that does not read its channel for this long is given up
+_T = TypeVar("_T")
+_SPAWNER: list[ThreadPoolExecutor] = []  # one executor, made again in a forked child
+
+
+def spawn(start: Callable[[], _T]) -> _T:
+    """Run ``start`` (which starts a worker process) on one long-lived thread.
+
+    A parent-death signal (bubblewrap's ``--die-with-parent``) fires when the *thread* that
+    started the process ends, so a sandbox started from a short-lived thread must not have its
+    worker killed with that thread.
+    """
+    if not _SPAWNER:
+        _SPAWNER.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxfold-spawner"))
+    try:
+        future = _SPAWNER[0].submit(start)
+    except RuntimeError:  # the interpreter is shutting down
+        return start()
+    return future.result()
+
+
+os.register_at_fork(after_in_child=_SPAWNER.clear)  # the parent's thread is not in the child
+
+
+class ChannelError(Exception):
+    """The worker closed its channel or broke the framing."""
+
+
+class _BoundedBytes:
+    """Keeps the first and last ``limit/2`` bytes written and counts the rest."""
+
+    def __init__(self, limit: int) -> None:
+        self._half = max(limit, 2) // 2
+        self._head = bytearray()
+        self._tail = bytearray()
+        self._cut = 0
+
+    def write(self, data: bytes) -> None:
+        room = self._half - len(self._head)
+        if room > 0:
+            self._head += data[:room]
+            data = data[room:]
+        self._tail += data
+        excess = len(self._tail) - self._half
+        if excess > 0:
+            self._cut += excess
+            del self._tail[:excess]
+
+    def take(self) -> str:
+        """The text kept so far (with a note of the cut); empties the buffer."""
+        head, tail = self._head.decode("utf-8", "replace"), self._tail.decode("utf-8", "replace")
+        text = f"{head}\n[... {self._cut} bytes cut ...]\n{tail}" if self._cut else head + tail
+        self._head, self._tail, self._cut = bytearray(), bytearray(), 0
+        return text
+
+
+class OutputDrain:
+    """Drains the worker's fds 1 and 2 (a pipe) on a thread into a bounded buffer."""
+
+    def __init__(self, fd: int, limit: int) -> None:
+        os.set_blocking(fd, False)
+        self._fd = fd
+        self._stop_r, self._stop_w = os.pipe()
+        self._lock = threading.Lock()
+        self._buffer = _BoundedBytes(limit)
+        self._eof = False
+        self._thread = threading.Thread(
+            target=self._run, name="ctxfold-sandbox-output", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        poll = select.poll()
+        poll.register(self._fd, select.POLLIN)
+        poll.register(self._stop_r, select.POLLIN)
+        while True:
+            if any(fd == self._stop_r for fd, _ in poll.poll()):
+                return
+            with self._lock:
+                if not self._read_locked(16):
+                    return
+
+    def _read_locked(self, max_reads: int) -> bool:
+        """Read what is there (at most ``max_reads`` chunks); False at EOF."""
+        for _ in range(max_reads):
+            if self._eof:
+                return False
+            try:
+                data = os.read(self._fd, 1 << 16)
+            except BlockingIOError:
+                return True
+            except OSError:
+                data = b""
+            if not data:
+                self._eof = True
+                return False
+            self._buffer.write(data)
+        return True
+
+    def take(self) -> str:
+        """Everything written so far (bounded), including what still sits in the pipe."""
+        with self._lock:
+            self._read_locked(256)
+            return self._buffer.take()
+
+    def close(self) -> None:
+        os.write(self._stop_w, b"x")
+        self._thread.join()
+        for fd in (self._fd, self._stop_r, self._stop_w):
+            os.close(fd)
+
+
+class CellClock:
+    """Time a cell has used, not counting time when a sub-call is outstanding."""
+
+    def __init__(self, limit: float | None) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._outstanding = 0
+        self._used = 0.0
+        self._since = time.monotonic()
+
+    def call_started(self) -> None:
+        with self._lock:
+            if self._outstanding == 0:
+                self._used += time.monotonic() - self._since
+            self._outstanding += 1
+
+    def call_finished(self) -> None:
+        with self._lock:
+            self._outstanding -= 1
+            if self._outstanding == 0:
+                self._since = time.monotonic()
+
+    def remaining(self) -> float | None:
+        """Seconds left, or ``None`` while the clock is not running (no limit, or waiting)."""
+        with self._lock:
+            if self._limit is None or self._outstanding:
+                return None
+            return self._limit - self._used - (time.monotonic() - self._since)
+
+
+class WorkerProcess:
+    """One running worker: its process, channel fds and output drain.
+
+    ``proc`` is what the host started: the worker itself, or a wrapper around it (bubblewrap,
+    ``docker run``). ``signals_reach_worker``: a signal to ``proc``'s process group reaches the
+    worker (otherwise the worker is interrupted by a message on the channel).
+    ``shifted_exit_codes``: the wrapper reports "killed by signal N" as exit code 128+N.
+    ``kill``: also called to kill the worker (e.g. ``docker kill``), before ``proc``'s group is.
+    """
+
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        chan_r: int,
+        chan_w: int,
+        out_r: int,
+        limit: int,
+        *,
+        signals_reach_worker: bool = True,
+        shifted_exit_codes: bool = False,
+        kill: Callable[[], None] | None = None,
+    ) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self._chan_r, self._chan_w = chan_r, chan_w
+        self._signals_reach_worker = signals_reach_worker
+        self._shifted_exit_codes = shifted_exit_codes
+        self._kill = kill
+        os.set_blocking(chan_r, False)
+        os.set_blocking(chan_w, False)
+        self._write_lock = threading.Lock()
+        self._closed = False
+        self._buffer = bytearray()
+        self.drain = OutputDrain(out_r, limit)
+        self._poll = select.poll()
+        self._poll.register(chan_r, select.POLLIN)
+        self._pidfd: int | None = None
+        with contextlib.suppress(AttributeError, OSError):
+            self._pidfd = os.pidfd_open(self.pid)
+            self._poll.register(self._pidfd, select.POLLIN)
+
+    def send(self, message: dict[str, Any]) -> bool:
+        """Send one message; False when the worker is gone (thread-safe)."""
+        payload = json.dumps(message, separators=(",", ":"), default=str).encode("utf-8", "replace")
+        frame = memoryview(HEADER.pack(len(payload)) + payload)
+        with self._write_lock:
+            if self._closed:
+                return False
+            deadline = time.monotonic() + _SEND_TIMEOUT_S
+            poll = select.poll()
+            poll.register(self._chan_w, select.POLLOUT)
+            try:
+                while frame:
+                    try:
+                        frame = frame[os.write(self._chan_w, frame) :]
+                    except BlockingIOError:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            return False  # the worker stopped reading (stopped or hung)
+                        poll.poll(math.ceil(left * 1000))
+            except OSError:
+                return False
+        return True
+
+    def wait(self, timeout: float | None, extra_fd: int | None = None) -> set[int]:
+        """Block until the channel (or ``extra_fd``) is readable, the worker exits, or timeout;
+        the fds that are ready."""
+        if extra_fd is not None:
+            self._poll.register(extra_fd, select.POLLIN)
+        if self._pidfd is None:  # no pidfd: look at the process now and then
+            timeout = 0.25 if timeout is None else min(timeout, 0.25)
+        elif timeout is not None:  # poll() takes an int of ms: a huge or infinite limit overflows
+            timeout = min(timeout, 3600.0)  # the caller's loop recomputes what is left
+        try:
+            ready = self._poll.poll(None if timeout is None else max(0, math.ceil(timeout * 1000)))
+        finally:
+            if extra_fd is not None:
+                self._poll.unregister(extra_fd)
+        return {fd for fd, _ in ready}
+
+    def wait_exit(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the process to exit (without reaping it)."""
+        deadline = time.monotonic() + timeout
+        while not self.exited():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self._pidfd is None:
+                time.sleep(min(left, 0.01))
+            else:
+                poll = select.poll()
+                poll.register(self._pidfd, select.POLLIN)
+                poll.poll(math.ceil(left * 1000))
+        return True
+
+    def read_messages(self) -> tuple[list[Any], bool]:
+        """Decode the frames that have arrived; also whether the channel reached EOF."""
+        chunks: list[bytes] = []
+        eof = False
+        for _ in range(64):  # at most 16 MiB per call, so a flood cannot starve the loop
+            try:
+                data = os.read(self._chan_r, 1 << 18)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                eof = True
+                break
+            chunks.append(data)
+        self._buffer += b"".join(chunks)
+        return self._decode(), eof
+
+    def _decode(self) -> list[Any]:
+        messages: list[Any] = []
+        offset = 0
+        while len(self._buffer) - offset >= HEADER.size:
+            (size,) = HEADER.unpack_from(self._buffer, offset)
+            if size > MAX_FRAME:
+                raise ChannelError(f"sent a message of {size} bytes (over the limit)")
+            end = offset + HEADER.size + size
+            if len(self._buffer) < end:
+                break
+            with contextlib.suppress(ValueError):
+                messages.append(json.loads(self._buffer[offset + HEADER.size : end]))
+            offset = end
+        del self._buffer[:offset]
+        return messages
+
+    def exited(self) -> bool:
+        """Whether the process has exited (without reaping it)."""
+        if self.proc.returncode is not None:
+            return True
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return info is not None
+
+    def interrupt(self) -> None:
+        """Interrupt the running cell (a KeyboardInterrupt in the worker's main thread)."""
+        if not self._signals_reach_worker:
+            self.send({"op": "interrupt"})
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGINT)
+
+    def terminate(self) -> int | None:
+        """Kill the worker's whole process group and reap it; its exit code."""
+        if self._kill is not None and self.proc.returncode is None:
+            self._kill()
+        if self.proc.returncode is None:  # not reaped yet, so the group id cannot be reused
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        return self.proc.returncode
+
+    def release(self) -> None:
+        """Close the fds and stop the drain thread (after :meth:`terminate`)."""
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+            for fd in (self._chan_r, self._chan_w, self._pidfd):
+                if fd is not None:
+                    os.close(fd)
+        self.drain.close()
+
+    def stop(self) -> None:
+        """Ask the worker to exit, give it a moment, then kill the group and release."""
+        if self.send({"op": "shutdown"}):
+            self.wait_exit(SHUTDOWN_WAIT_S)
+        self.terminate()
+        self.release()
+
+    def describe_exit(self, code: int | None) -> str:
+        """How the worker ended, from ``proc``'s exit code."""
+        if self._shifted_exit_codes and code is not None and 128 < code <= 128 + 64:
+            code = 128 - code
+        return describe_exit(code)
+
+
+def describe_exit(code: int | None) -> str:
+    """How a process ended, from its exit code (negative: killed by that signal)."""
+    if code is None:
+        return "stopped answering"
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    oom = " (most likely it ran out of memory)" if -code == signal.SIGKILL else ""
+    return f"was killed by {name}{oom}"

@@ -1,0 +1,97 @@
+"""Reading what the worker sends: every field is checked, nothing is trusted.
+
+Sub-call requests become :class:`SubcallRequest` values for the engine's handler (and its answers
+go back slot by slot); ``result`` messages become the fields of a :class:`CellResult`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ctxfold.sandbox._base import (
+    AnswerState,
+    CellResult,
+    SubcallHandler,
+    SubcallItem,
+    SubcallRequest,
+)
+
+_MAX_ANSWER_CHARS = 4_100_000
+
+
+def serve_call(handler: SubcallHandler, message: dict[str, Any]) -> list[str] | dict[str, Any]:
+    """Answer one ``call`` message through ``handler``: a list with one answer per item (an
+    error text in the slot of an invalid item), or a dict for ``budget``. Never raises."""
+    kind, raw_items = message.get("kind"), message.get("items")
+    items = raw_items if isinstance(raw_items, list) else []
+    if kind == "budget":
+        try:
+            reply = handler(SubcallRequest("budget", ()))
+        except Exception as exc:
+            return {"error": f"budget() failed: {exc}"}
+        return reply if isinstance(reply, dict) else {}
+    if kind not in ("llm", "rlm"):
+        return ["Error: unknown kind of sub-call"] * len(items)
+    slots = [_parse_item(item, kind) for item in items]
+    valid = [slot for slot in slots if isinstance(slot, SubcallItem)]
+    answers: list[str] = []
+    if valid:
+        try:
+            reply = handler(SubcallRequest(kind, tuple(valid)))
+        except Exception as exc:
+            reply = [f"[error: the sub-call failed: {type(exc).__name__}: {exc}]"] * len(valid)
+        answers = _as_answers(reply, len(valid))
+    it = iter(answers)
+    return [next(it) if isinstance(slot, SubcallItem) else slot for slot in slots]
+
+
+def cell_result(message: dict[str, Any], limit: int) -> CellResult:
+    """The :class:`CellResult` a ``result`` message describes, each text cut to ``limit``
+    (``timed_out``, ``duration_s`` and ``answer_changed`` are left for the caller to set)."""
+    error = message.get("error")
+    restored = message.get("restored")
+    return CellResult(
+        stdout=cut(_text(message, "stdout"), limit),
+        stderr=cut(_text(message, "stderr"), limit),
+        error=cut(error, limit) if isinstance(error, str) else None,
+        answer=_answer_of(message.get("answer")),
+        answer_changed=bool(message.get("answer_changed")),
+        restored=[r for r in restored if isinstance(r, str)] if isinstance(restored, list) else [],
+    )
+
+
+def _parse_item(item: Any, kind: str) -> SubcallItem | str:
+    if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
+        return "Error: invalid sub-call item"
+    system, model = item.get("system"), item.get("model")
+    if not isinstance(system, str | None) or not isinstance(model, str | None):
+        return "Error: invalid sub-call item"
+    context = item.get("context") if kind == "rlm" else None
+    return SubcallItem(prompt=item["prompt"], system=system, model=model, context=context)
+
+
+def _as_answers(reply: Any, count: int) -> list[str]:
+    values = reply if isinstance(reply, list) else []
+    answers = [v if isinstance(v, str) else f"Error: bad sub-call answer {v!r:.80}" for v in values]
+    return answers[:count] + ["Error: the sub-call gave no answer"] * (count - len(answers))
+
+
+def _text(message: dict[str, Any], key: str) -> str:
+    value = message.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def cut(text: str, limit: int) -> str:
+    """Head and tail of ``text`` (the worker cuts already; this guards against a rogue one)."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n[... {len(text) - 2 * half} characters cut ...]\n{text[-half:]}"
+
+
+def _answer_of(value: Any) -> AnswerState:
+    if not isinstance(value, dict):
+        return AnswerState()
+    content = value.get("content")
+    content = content[:_MAX_ANSWER_CHARS] if isinstance(content, str) else ""
+    return AnswerState(content=content, ready=value.get("ready") is True)

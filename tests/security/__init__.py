@@ -1,0 +1,1 @@
+"""Attack suite: hostile cells against a real, isolated sandbox (see conftest.py)."""
