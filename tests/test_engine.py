@@ -307,3 +307,12 @@ def test_best_answer_survives_a_worker_crash() -> None:
     )
     result = rlm.run("q", context="data")
     assert result.answer == "kept" and not result.ready
+
+
+def test_final_words_that_echo_the_request_are_no_answer() -> None:
+    rlm = make_rlm(
+        [code("print('looking')"), "The run's budget is spent (iterations)."],
+        budget=ctxfold.Budget(iterations=1),
+    )
+    result = rlm.run("q", context="data")
+    assert result.answer == "" and not result.ready

@@ -360,7 +360,9 @@ class Engine:
         self._shared.account(
             root=True, depth=self._depth, model=self._shared.root_model.name, usage=completion.usage
         )
-        return completion.text.strip()
+        text = completion.text.strip()
+        # Small models sometimes echo the request back; that is no answer.
+        return "" if text and text in ask["content"] else text
 
     # -- helpers -----------------------------------------------------------------------------
 
