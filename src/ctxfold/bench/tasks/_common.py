@@ -75,6 +75,17 @@ def _validate_variant(task: str, variants: Sequence[str], variant: str | None) -
     return variant
 
 
+class _VariantTask:
+    """What every task shares: a name, its question variants, and an optional fixed variant."""
+
+    name: str
+    variants: Sequence[str]
+    default_lengths: tuple[int, ...] = (8_000, 32_000, 131_000)
+
+    def __init__(self, variant: str | None = None) -> None:
+        self.variant = _validate_variant(self.name, self.variants, variant)
+
+
 def _strip_fences(text: str) -> str:
     """``text`` without a ``<think>`` block, surrounding whitespace and one enclosing code fence."""
     text = _THINK_RE.sub("", text).strip()

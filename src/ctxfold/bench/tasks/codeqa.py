@@ -27,7 +27,7 @@ from ctxfold.bench.tasks._common import (
     _pick_variant,
     _rng,
     _strip_fences,
-    _validate_variant,
+    _VariantTask,
 )
 from ctxfold.errors import CtxfoldError
 from ctxfold.models._tokens import count_tokens
@@ -352,14 +352,12 @@ def parse_choice(prediction: str, options: list[str]) -> str | None:
     return lone[0] if len(set(lone)) == 1 else None
 
 
-class CodeQATask:
+class CodeQATask(_VariantTask):
     """Multiple-choice questions over stdlib source; ``variant`` fixes the question kind."""
 
     name: str = "codeqa"
     default_lengths: tuple[int, ...] = (100_000, 400_000, 1_000_000)
-
-    def __init__(self, variant: str | None = None) -> None:
-        self.variant = _validate_variant(self.name, VARIANTS, variant)
+    variants = VARIANTS
 
     def generate(self, *, n: int, length: int, seed: int) -> list[Instance]:
         """``n`` instances of about ``length`` tokens each."""

@@ -20,7 +20,7 @@ from ctxfold.bench.tasks._common import (
     _parse_int,
     _pick_variant,
     _rng,
-    _validate_variant,
+    _VariantTask,
 )
 
 __all__ = ["CATEGORIES", "HEADER", "VARIANTS", "WAREHOUSES", "MathTask", "is_prime"]
@@ -140,14 +140,11 @@ def _sample_text() -> str:
     return "\n".join([HEADER, *(i.line() for i in items)])
 
 
-class MathTask:
+class MathTask(_VariantTask):
     """Exact-aggregate questions over a generated table; ``variant`` fixes the question kind."""
 
     name: str = "math"
-    default_lengths: tuple[int, ...] = (8_000, 32_000, 131_000)
-
-    def __init__(self, variant: str | None = None) -> None:
-        self.variant = _validate_variant(self.name, VARIANTS, variant)
+    variants = VARIANTS
 
     def generate(self, *, n: int, length: int, seed: int) -> list[Instance]:
         """``n`` instances of about ``length`` tokens each."""

@@ -23,7 +23,7 @@ from ctxfold.bench.tasks._common import (
     _parse_int,
     _pick_variant,
     _rng,
-    _validate_variant,
+    _VariantTask,
 )
 from ctxfold.bench.tasks._trec import (
     CODES,
@@ -63,14 +63,11 @@ def _sample_text() -> str:
     return "\n".join(r.line() for r in rows)
 
 
-class OolongTask:
+class OolongTask(_VariantTask):
     """OOLONG ``trec_coarse``-style questions; ``variant`` fixes the question kind."""
 
     name: str = "oolong"
-    default_lengths: tuple[int, ...] = (8_000, 32_000, 131_000)
-
-    def __init__(self, variant: str | None = None) -> None:
-        self.variant = _validate_variant(self.name, VARIANTS, variant)
+    variants = VARIANTS
 
     def generate(self, *, n: int, length: int, seed: int) -> list[Instance]:
         """``n`` instances of about ``length`` tokens each."""

@@ -25,7 +25,7 @@ from ctxfold.bench.tasks._common import (
     _pick_variant,
     _rng,
     _strip_fences,
-    _validate_variant,
+    _VariantTask,
 )
 from ctxfold.bench.tasks._trec import CODES, _header, _Row, _rows, _user_ids
 
@@ -214,14 +214,12 @@ def _sample_text() -> str:
     return "\n".join(r.line() for r in rows)
 
 
-class OolongPairsTask:
+class OolongPairsTask(_VariantTask):
     """OOLONG-Pairs-style pair listing; ``variant`` (``q01`` .. ``q20``) fixes the query."""
 
     name: str = "oolong_pairs"
     default_lengths: tuple[int, ...] = (32_000,)
-
-    def __init__(self, variant: str | None = None) -> None:
-        self.variant = _validate_variant(self.name, VARIANTS, variant)
+    variants = VARIANTS
 
     def generate(self, *, n: int, length: int, seed: int) -> list[Instance]:
         """``n`` instances of about ``length`` tokens each (20-40 users per context)."""

@@ -23,7 +23,7 @@ from ctxfold.bench.tasks._common import (
     _meta,
     _pick_variant,
     _rng,
-    _validate_variant,
+    _VariantTask,
 )
 from ctxfold.errors import CtxfoldError
 
@@ -115,14 +115,11 @@ def _essay_haystack(rng: random.Random, target_chars: int, needle: str, depth: f
     return f"{text[:at]}{needle} {text[at:]}"
 
 
-class SniahTask:
+class SniahTask(_VariantTask):
     """RULER-style single-needle retrieval; ``variant`` fixes one of ``niah_single_1/2/3``."""
 
     name: str = "sniah"
-    default_lengths: tuple[int, ...] = (8_000, 32_000, 131_000)
-
-    def __init__(self, variant: str | None = None) -> None:
-        self.variant = _validate_variant(self.name, VARIANTS, variant)
+    variants = VARIANTS
 
     def generate(self, *, n: int, length: int, seed: int) -> list[Instance]:
         """``n`` instances of about ``length`` tokens each."""

@@ -27,7 +27,7 @@ from ctxfold.bench.tasks._common import (
     _pick_variant,
     _rng,
     _strip_fences,
-    _validate_variant,
+    _VariantTask,
 )
 from ctxfold.errors import CtxfoldError
 
@@ -252,14 +252,11 @@ def similarity(instance: Instance, prediction: str) -> float:
     return best
 
 
-class VerbatimTask:
+class VerbatimTask(_VariantTask):
     """Verbatim-copy questions; ``variant`` fixes the context kind."""
 
     name: str = "verbatim"
-    default_lengths: tuple[int, ...] = (8_000, 32_000, 131_000)
-
-    def __init__(self, variant: str | None = None) -> None:
-        self.variant = _validate_variant(self.name, VARIANTS, variant)
+    variants = VARIANTS
 
     def generate(self, *, n: int, length: int, seed: int) -> list[Instance]:
         """``n`` instances of about ``length`` tokens each."""
