@@ -79,7 +79,8 @@ def test_report_table_and_plots(tmp_path: Path) -> None:
     ]
     table = summarise(rows)
     first = table[0]
-    assert first["method"] == "base*" and first["score"] == 0.5 and first["root_in"] == 7000
+    assert first["method"] == "base" and first["truncated"]
+    assert first["score"] == 0.5 and first["root_in"] == 7000
     assert table[-1]["errors"] == 1
     md = markdown(rows)
     assert "| t | 8,000 | base* | 2 | 50.0 |" in md

@@ -51,7 +51,8 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             {
                 "task": task,
                 "length": length,
-                "method": method + ("*" if any(r.get("truncated") for r in items) else ""),
+                "method": method,
+                "truncated": any(r.get("truncated") for r in items),
                 "n": len(items),
                 "score": mean(float(r.get("score") or 0) for r in items),
                 "root_in": avg("root_input_tokens"),
@@ -75,7 +76,7 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
         cells = [
             s["task"],
             f"{s['length']:,}",
-            s["method"],
+            s["method"] + ("*" if s["truncated"] else ""),
             str(s["n"]),
             f"{100 * s['score']:.1f}",
             f"{s['root_in']:,.0f}",
@@ -113,19 +114,28 @@ def plots(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for method in sorted({s["method"] for s in table if s["task"] == task}):
             pts = sorted(
-                (s["length"], s) for s in table if s["task"] == task and s["method"] == method
+                (s for s in table if s["task"] == task and s["method"] == method),
+                key=lambda s: s["length"],
             )
-            xs = [x for x, _ in pts]
-            axes[0].plot(xs, [100 * s["score"] for _, s in pts], marker="o", label=method)
-            axes[1].plot(
-                xs, [s["root_in"] + s["root_out"] for _, s in pts], marker="o", label=method
-            )
+            xs = [s["length"] for s in pts]
+            for ax, ys in (
+                (axes[0], [100 * s["score"] for s in pts]),
+                (axes[1], [s["root_in"] + s["root_out"] for s in pts]),
+            ):
+                (line,) = ax.plot(xs, ys, marker="o", label=method)
+                cut = [(x, y) for x, y, s in zip(xs, ys, pts, strict=True) if s["truncated"]]
+                if cut:  # hollow markers: the input was cut to the model's window
+                    cx, cy = zip(*cut, strict=True)
+                    ax.scatter(
+                        cx, cy, s=120, facecolors="white", edgecolors=line.get_color(), zorder=3
+                    )
         for ax, title in zip(axes, ("score (%)", "root-model tokens per instance"), strict=True):
             ax.set_xscale("log")
             ax.set_xlabel("input length (tokens)")
             ax.set_title(f"{task}: {title}")
             ax.grid(alpha=0.3)
         axes[0].set_ylim(-5, 105)
+        fig.text(0.01, 0.01, "hollow marker: input cut to the model's window", fontsize=8)
         axes[0].legend()
         path = out_dir / f"{task}.png"
         fig.tight_layout()
