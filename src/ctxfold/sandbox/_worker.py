@@ -34,7 +34,6 @@ import time
 import traceback
 import types
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 _HEADER = struct.Struct(">I")
@@ -512,21 +511,28 @@ def _format_exception(exc: BaseException) -> str:
     return "".join(summary.format())
 
 
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def _load_context(spec: dict[str, Any]) -> Any:
-    kind, path = spec.get("kind"), Path(str(spec.get("path")))
+    kind, path = spec.get("kind"), str(spec.get("path"))
     if kind == "text_file":
-        if path.stat().st_size >= _MMAP_MIN_BYTES:
-            with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        if os.stat(path).st_size >= _MMAP_MIN_BYTES:
+            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                 return str(mm, "utf-8", "replace")
-        return path.read_bytes().decode("utf-8", "replace")
+        return _read_bytes(path).decode("utf-8", "replace")
     if kind == "bytes_file":
-        return path.read_bytes()
+        return _read_bytes(path)
     if kind == "json_file":
-        with path.open(encoding="utf-8") as text:
+        with open(path, encoding="utf-8") as text:
             return json.load(text)
     if kind == "folder":
         files: Iterable[str] = spec.get("files") or ()
-        return {rel: (path / rel).read_bytes().decode("utf-8", "replace") for rel in files}
+        return {
+            rel: _read_bytes(os.path.join(path, rel)).decode("utf-8", "replace") for rel in files
+        }
     raise ValueError(f"unknown context kind {kind!r}")
 
 
@@ -677,11 +683,11 @@ def _apply_limits(limits: dict[str, Any]) -> None:
 def _tasks_of(uid: int) -> int:
     """Tasks (threads) other processes of ``uid`` have now, as far as /proc shows them."""
     count = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
             continue
         try:
-            lines = (entry / "status").read_text().splitlines()
+            lines = _read_bytes(f"/proc/{name}/status").decode().splitlines()
             fields = dict(line.split(":", 1) for line in lines)
             if int(fields["Uid"].split()[0]) == uid:
                 count += int(fields["Threads"])
