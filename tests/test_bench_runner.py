@@ -23,9 +23,7 @@ def _needle_finder(messages: list[Message]) -> str:
         return f"The number is {found.group(1)}."
     if "Output" in text:
         return '```python\nanswer["content"] = hits[0]\nanswer["ready"] = True\n```'
-    return (
-        "```python\nimport re\nhits = re.findall(r'is: (\\d{7})', context)\nprint(hits)\n```"
-    )
+    return "```python\nimport re\nhits = re.findall(r'is: (\\d{7})', context)\nprint(hits)\n```"
 
 
 def test_run_bench_writes_rows_and_resumes(tmp_path: Path) -> None:
@@ -68,14 +66,33 @@ def test_failing_instance_becomes_an_error_row(tmp_path: Path) -> None:
 
 def test_report_table_and_plots(tmp_path: Path) -> None:
     rows = [
-        {"task": "t", "method": "base", "requested_length": 8000, "score": 0.0,
-         "root_input_tokens": 8000, "truncated": True, "error": None},
-        {"task": "t", "method": "base", "requested_length": 8000, "score": 1.0,
-         "root_input_tokens": 6000, "truncated": True, "error": None},
-        {"task": "t", "method": "rlm", "requested_length": 8000, "score": 1.0,
-         "root_input_tokens": 900, "error": None},
-        {"task": "t", "method": "rlm", "requested_length": 32000, "score": 0.0,
-         "error": "boom"},
+        {
+            "task": "t",
+            "method": "base",
+            "requested_length": 8000,
+            "score": 0.0,
+            "root_input_tokens": 8000,
+            "truncated": True,
+            "error": None,
+        },
+        {
+            "task": "t",
+            "method": "base",
+            "requested_length": 8000,
+            "score": 1.0,
+            "root_input_tokens": 6000,
+            "truncated": True,
+            "error": None,
+        },
+        {
+            "task": "t",
+            "method": "rlm",
+            "requested_length": 8000,
+            "score": 1.0,
+            "root_input_tokens": 900,
+            "error": None,
+        },
+        {"task": "t", "method": "rlm", "requested_length": 32000, "score": 0.0, "error": "boom"},
     ]
     table = summarise(rows)
     first = table[0]

@@ -179,6 +179,10 @@ class Broker:
             max_turns=shared.tool_turns,
             on_tool=on_tool,
             should_stop=should_stop,
+            model=model,  # native tool calling where the client supports it
+            account=lambda usage: shared.account(
+                root=False, depth=depth, model=model.name, usage=usage
+            ),
         )
 
     def _end(

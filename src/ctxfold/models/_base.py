@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypedDict, runtime_checkable
 
@@ -56,3 +56,53 @@ class Model(Protocol):
     async def acomplete(self, messages: Sequence[Message], **options: Any) -> Completion: ...
 
     def close(self) -> None: ...
+
+
+# -- native tool calling: an optional capability, apart from the Model protocol ----------------
+
+
+@dataclass(frozen=True, slots=True)
+class NativeToolCall:
+    """One tool call a model asked for in its own tool-calling format.
+
+    ``error`` is set (and ``arguments`` empty) when the model sent arguments that are not a JSON
+    object; the loop reports it back to the model instead of running the tool.
+    """
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCompletion:
+    """What :meth:`ToolModel.complete_with_tools` returns: a :class:`Completion`'s fields and the
+    tool calls of the reply (empty when the model answered without calling a tool)."""
+
+    text: str
+    usage: TokenUsage
+    model: str
+    finish_reason: str | None = None
+    tool_calls: tuple[NativeToolCall, ...] = ()
+
+
+@runtime_checkable
+class ToolModel(Protocol):
+    """A model client that can call tools natively (optional; :class:`Model` does not need it).
+
+    ``tools`` are ``{"name", "description", "parameters"}`` dicts (``parameters`` a JSON schema).
+    ``messages`` are :class:`Message` dicts plus two kinds the tool loop adds:
+    ``{"role": "assistant", "content": str, "tool_calls": [{"id", "name", "arguments"}]}`` and
+    ``{"role": "tool", "tool_call_id": str, "name": str, "content": str, "is_error": bool}``.
+    ``native_tools`` false makes the tool loop use its text protocol instead.
+    """
+
+    native_tools: bool
+
+    def complete_with_tools(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]],
+        **options: Any,
+    ) -> ToolCompletion: ...

@@ -9,7 +9,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ctxfold.errors import MissingAPIKeyError, ModelSpecError
-from ctxfold.models._base import Completion, Message, TokenUsage
+from ctxfold.models._base import (
+    Completion,
+    Message,
+    NativeToolCall,
+    TokenUsage,
+    ToolCompletion,
+)
 from ctxfold.models._retry import BadResponseError, CallFailure, RetryPolicy, classify_sdk_error
 from ctxfold.models.openai_compat import _display_url, _SdkClients
 
@@ -25,7 +31,12 @@ _OPTION_KEYS = ("max_tokens", "temperature", "stop", "timeout")
 _POOL_CONNECTIONS = 256
 _POOL_KEEPALIVE = 128
 _DEFAULT_RETRY = RetryPolicy()
-_FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
+_FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+}
 
 
 class AnthropicModel:
@@ -35,7 +46,9 @@ class AnthropicModel:
     ``$ANTHROPIC_API_KEY`` and ``base_url`` to ``$ANTHROPIC_BASE_URL``. System messages go to
     the ``system`` field; ``max_tokens`` defaults to 4096; ``stop`` becomes ``stop_sequences``;
     ``seed`` is not supported and ignored. ``finish_reason`` is reported in OpenAI's words
-    (``"stop"``, ``"length"``) when there is an equivalent.
+    (``"stop"``, ``"length"``, ``"tool_calls"``) when there is an equivalent. ``native_tools``
+    (default true) lets sub-LLM tool loops use ``tool_use`` / ``tool_result`` blocks
+    (:meth:`complete_with_tools`) instead of ctxfold's text protocol.
 
     Raises:
         MissingAPIKeyError: no key was given and ``ANTHROPIC_API_KEY`` is not set.
@@ -52,6 +65,7 @@ class AnthropicModel:
         retry: RetryPolicy = _DEFAULT_RETRY,
         price_per_mtok: tuple[float, float] | None = None,
         default_options: Mapping[str, Any] | None = None,
+        native_tools: bool = True,
     ) -> None:
         if not name:
             raise ModelSpecError("AnthropicModel needs a model name")
@@ -67,6 +81,7 @@ class AnthropicModel:
         self.timeout = timeout
         self.retry = retry
         self.price_per_mtok = price_per_mtok
+        self.native_tools = native_tools
         self._key = key
         defaults = dict(default_options or {})
         self._default_known = {k: defaults.pop(k) for k in _OPTION_KEYS if k in defaults}
@@ -116,6 +131,49 @@ class AnthropicModel:
     def close(self) -> None:
         """Close the HTTP clients (a later call opens new ones)."""
         self._clients.close()
+
+    def complete_with_tools(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]],
+        **options: Any,
+    ) -> ToolCompletion:
+        """One message that may call ``tools`` natively (see
+        :class:`~ctxfold.models._base.ToolModel` for the message and tool formats)."""
+        client = self._clients.sync()
+        body, request_options = self._request(messages, options)  # type: ignore[arg-type]
+        body["messages"] = _wire_messages(messages)
+        if tools:
+            body["tools"] = [
+                {
+                    "name": t["name"],
+                    "description": t.get("description") or "",
+                    "input_schema": t.get("parameters") or {"type": "object"},
+                }
+                for t in tools
+            ]
+        cast_to = self._response_type
+        assert cast_to is not None
+
+        def attempt() -> ToolCompletion:
+            response = client.post(
+                _MESSAGES_PATH, body=body, cast_to=cast_to, options=request_options
+            )
+            completion = self._parse(response.content)
+            calls = tuple(
+                _tool_call(i, block)
+                for i, block in enumerate(json.loads(response.content)["content"])
+                if isinstance(block, dict) and block.get("type") == "tool_use"
+            )
+            return ToolCompletion(
+                completion.text,
+                completion.usage,
+                completion.model,
+                completion.finish_reason,
+                calls,
+            )
+
+        return self.retry.call(attempt, self._classify, self._what)
 
     async def aclose(self) -> None:
         """Close the HTTP clients, awaiting the async one of the running loop."""
@@ -224,3 +282,55 @@ class AnthropicModel:
             max_retries=0,
             http_client=anthropic.DefaultAsyncHttpxClient(**self._http_options()),
         )
+
+
+def _wire_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Tool-loop messages as Messages API turns: assistant ``tool_use`` blocks, ``tool`` results
+    as user ``tool_result`` blocks; consecutive turns of one role are merged (the API wants the
+    roles to alternate, and all results of one assistant turn in the next user turn)."""
+    turns: list[dict[str, Any]] = []
+    for message in messages:
+        role = message["role"]
+        if role == "system":
+            continue
+        blocks: list[dict[str, Any]] = []
+        if role == "tool":
+            role = "user"
+            result: dict[str, Any] = {
+                "type": "tool_result",
+                "tool_use_id": message["tool_call_id"],
+                "content": message["content"],
+            }
+            if message.get("is_error"):
+                result["is_error"] = True
+            blocks.append(result)
+        else:
+            if message.get("content"):
+                blocks.append({"type": "text", "text": message["content"]})
+            for call in message.get("tool_calls") or ():
+                blocks.append(
+                    {
+                        "type": "tool_use",
+                        "id": call["id"],
+                        "name": call["name"],
+                        "input": call["arguments"],
+                    }
+                )
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+    return turns
+
+
+def _tool_call(index: int, block: Mapping[str, Any]) -> NativeToolCall:
+    """One ``tool_use`` block of a response."""
+    call_id = block.get("id")
+    call_id = call_id if isinstance(call_id, str) and call_id else f"toolu_{index}"
+    arguments = block.get("input")
+    if arguments is None:
+        arguments = {}
+    name = str(block.get("name") or "")
+    if not isinstance(arguments, dict):
+        return NativeToolCall(call_id, name, {}, "the input must be a JSON object")
+    return NativeToolCall(call_id, name, arguments)

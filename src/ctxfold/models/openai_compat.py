@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from ctxfold.errors import MissingAPIKeyError, ModelSpecError
-from ctxfold.models._base import Completion, Message, TokenUsage
+from ctxfold.models._base import (
+    Completion,
+    Message,
+    NativeToolCall,
+    TokenUsage,
+    ToolCompletion,
+)
 from ctxfold.models._retry import BadResponseError, CallFailure, RetryPolicy, classify_sdk_error
 from ctxfold.models._tokens import count_message_tokens, count_tokens
 
@@ -65,6 +71,9 @@ class OpenAIModel:
             Without it, a numeric ``usage.cost`` in the response (OpenRouter) is used.
         default_options: request fields sent with every call: the per-call options and any other
             field the server knows (``top_p``, ``response_format``...); per-call options win.
+        native_tools: let sub-LLM tool loops use the Chat Completions ``tools`` field
+            (:meth:`complete_with_tools`); ``False`` for servers without tool calling, whose
+            sub-LLMs then use ctxfold's text protocol.
 
     Raises:
         MissingAPIKeyError: the OpenAI API was chosen and no key is set.
@@ -81,6 +90,7 @@ class OpenAIModel:
         retry: RetryPolicy = _DEFAULT_RETRY,
         price_per_mtok: tuple[float, float] | None = None,
         default_options: Mapping[str, Any] | None = None,
+        native_tools: bool = True,
     ) -> None:
         if not name:
             raise ModelSpecError("OpenAIModel needs a model name")
@@ -100,6 +110,7 @@ class OpenAIModel:
         self.timeout = timeout
         self.retry = retry
         self.price_per_mtok = price_per_mtok
+        self.native_tools = native_tools
         self._key = key
         # The OpenAI API wants max_completion_tokens (reasoning models reject max_tokens);
         # compatible servers know max_tokens.
@@ -166,6 +177,38 @@ class OpenAIModel:
     def close(self) -> None:
         """Close the HTTP clients (a later call opens new ones)."""
         self._clients.close()
+
+    # -- native tool calls (the ToolModel capability) --------------------------------------
+
+    def complete_with_tools(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]],
+        **options: Any,
+    ) -> ToolCompletion:
+        """One chat completion that may call ``tools`` natively (see
+        :class:`~ctxfold.models._base.ToolModel` for the message and tool formats)."""
+        conn = self._clients.sync()
+        wire = [_wire_message(m) for m in messages]
+        body, request_options = self._request(wire, options)  # type: ignore[arg-type]
+        if tools:
+            body["tools"] = [_wire_tool(t) for t in tools]
+        payload, timeout = json.dumps(body).encode(), request_options["timeout"]
+
+        def attempt() -> ToolCompletion:
+            request = conn.http.build_request(
+                "POST", conn.url, content=payload, headers=conn.headers, timeout=timeout
+            )
+            try:
+                response = conn.http.send(request)
+            except Exception as exc:
+                mapped = self._sdk_error(exc, request)
+                if mapped is None:
+                    raise
+                raise mapped from exc
+            return self._parse_tools(self._checked(response).content, messages)
+
+        return self.retry.call(attempt, self._classify, self._what)
 
     async def aclose(self) -> None:
         """Close the HTTP clients, awaiting the async one of the running loop."""
@@ -239,6 +282,19 @@ class OpenAIModel:
             usage=self._usage(data.get("usage"), messages, text),
             model=self.name,
             finish_reason=reason if isinstance(reason, str) else None,
+        )
+
+    def _parse_tools(self, content: bytes, messages: Sequence[Mapping[str, Any]]) -> ToolCompletion:
+        completion = self._parse(content, messages)  # type: ignore[arg-type]
+        message = json.loads(content)["choices"][0].get("message")
+        raw_calls = message.get("tool_calls") if isinstance(message, dict) else None
+        calls = tuple(
+            _tool_call(i, call)
+            for i, call in enumerate(raw_calls if isinstance(raw_calls, list) else [])
+            if isinstance(call, dict)
+        )
+        return ToolCompletion(
+            completion.text, completion.usage, completion.model, completion.finish_reason, calls
         )
 
     def _usage(self, raw: object, messages: Sequence[Message], text: str) -> TokenUsage:
@@ -389,6 +445,64 @@ def _text_of(content: object) -> str:
     if isinstance(content, list):
         return "".join(str(part.get("text") or "") for part in content if isinstance(part, dict))
     return ""
+
+
+def _wire_tool(tool: Mapping[str, Any]) -> dict[str, Any]:
+    """A neutral ``{"name", "description", "parameters"}`` tool as a Chat Completions tool."""
+    function = {"name": tool["name"], "parameters": tool.get("parameters") or {"type": "object"}}
+    if tool.get("description"):
+        function["description"] = tool["description"]
+    return {"type": "function", "function": function}
+
+
+def _wire_message(message: Mapping[str, Any]) -> dict[str, Any]:
+    """A tool-loop message in Chat Completions form (assistant ``tool_calls``, ``tool`` role)."""
+    role = message["role"]
+    if role == "tool":
+        return {
+            "role": "tool",
+            "tool_call_id": message["tool_call_id"],
+            "content": message["content"],
+        }
+    if role == "assistant" and message.get("tool_calls"):
+        return {
+            "role": "assistant",
+            "content": message.get("content") or None,
+            "tool_calls": [
+                {
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {
+                        "name": call["name"],
+                        "arguments": json.dumps(call["arguments"], ensure_ascii=False),
+                    },
+                }
+                for call in message["tool_calls"]
+            ],
+        }
+    return {"role": role, "content": message["content"]}
+
+
+def _tool_call(index: int, raw: Mapping[str, Any]) -> NativeToolCall:
+    """One ``tool_calls`` entry of a response; arguments come as a JSON string (or an object)."""
+    function = raw.get("function")
+    function = function if isinstance(function, dict) else {}
+    call_id = raw.get("id")
+    call_id = call_id if isinstance(call_id, str) and call_id else f"call_{index}"
+    name = str(function.get("name") or "")
+    arguments = function.get("arguments")
+    if arguments is None or arguments == "":
+        arguments = {}
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError as exc:
+            return NativeToolCall(
+                call_id, name, {}, f"the arguments are not valid JSON ({exc.msg})"
+            )
+    if not isinstance(arguments, dict):
+        return NativeToolCall(call_id, name, {}, "arguments must be a JSON object")
+    return NativeToolCall(call_id, name, arguments)
 
 
 def _display_url(url: str) -> str:

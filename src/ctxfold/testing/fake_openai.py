@@ -54,21 +54,25 @@ class Fault:
 _OTHER_KINDS = ("stall", "malformed", "cutoff", "empty")
 
 
-Reply = Callable[[list[dict[str, Any]]], str] | str
+Reply = Callable[[list[dict[str, Any]]], str | dict[str, Any]] | str
 
 
 class FakeOpenAIServer:
     """An OpenAI-compatible HTTP server in a daemon thread, bound to a free port on 127.0.0.1.
 
     Args:
-        reply: the assistant text, or a function of the request's ``messages`` returning it.
+        reply: the assistant text, or a function of the request's ``messages`` returning it. The
+            function may also return ``{"tool_calls": [{"name": ..., "arguments": {...}}]}``
+            (optionally with ``"content"`` text, and an ``"id"`` per call) to answer with a
+            native tool call (``finish_reason`` ``"tool_calls"``; not for streamed requests).
         latency: seconds to wait before each chat answer (the wait is concurrent across requests).
         faults: misbehaviours consumed in order by the first chat requests.
         include_usage: send a ``usage`` block (word counts) with each answer.
         usage_cost: if set, add ``usage.cost`` (dollars) the way OpenRouter does.
 
     Use it as a context manager, or call :meth:`close`. ``requests`` holds every chat request body
-    received (faulted ones included); ``max_in_flight`` the most chat requests handled at once.
+    received (faulted ones included); ``max_in_flight`` the most chat requests handled at once;
+    ``request_tools`` the ``tools`` field of each chat request (``None`` when it had none).
     """
 
     def __init__(
@@ -85,6 +89,7 @@ class FakeOpenAIServer:
         self.include_usage = include_usage
         self.usage_cost = usage_cost
         self.requests: list[dict[str, Any]] = []
+        self.request_tools: list[Any] = []
         self.max_in_flight = 0
         self._faults = deque(f for f in faults or () for _ in range(f.times))
         self._in_flight = 0
@@ -117,6 +122,7 @@ class FakeOpenAIServer:
         """Forget received requests and the in-flight maximum."""
         with self._lock:
             self.requests.clear()
+            self.request_tools.clear()
             self.max_in_flight = self._in_flight
 
     def close(self) -> None:
@@ -150,6 +156,7 @@ class FakeOpenAIServer:
     def _begin(self, body: dict[str, Any]) -> Fault | None:
         with self._lock:
             self.requests.append(body)
+            self.request_tools.append(body.get("tools"))
             self._in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
             return self._faults.popleft() if self._faults else None
@@ -158,7 +165,7 @@ class FakeOpenAIServer:
         with self._lock:
             self._in_flight -= 1
 
-    def _answer_text(self, messages: list[dict[str, Any]]) -> str:
+    def _answer_text(self, messages: list[dict[str, Any]]) -> str | dict[str, Any]:
         return self.reply(messages) if callable(self.reply) else self.reply
 
     def _usage(self, messages: list[dict[str, Any]], text: str) -> dict[str, Any]:
@@ -240,12 +247,15 @@ class _Handler(BaseHTTPRequestHandler):
             if fault is not None and self._serve_fault(fault):
                 return
             try:
-                text = owner._answer_text(messages)
+                answer = owner._answer_text(messages)
             except Exception as exc:  # a broken reply function: tell the client, keep serving
                 self._send_error(500, f"reply function failed: {exc!r}")
                 return
+            text = answer if isinstance(answer, str) else str(answer.get("content") or "")
             if body.get("stream"):
                 self._send_stream(body, messages, text)
+            elif isinstance(answer, dict) and answer.get("tool_calls"):
+                self._send_json(200, self._tool_completion(body, messages, answer))
             else:
                 self._send_json(200, self._completion(body, messages, text))
         finally:
@@ -298,6 +308,34 @@ class _Handler(BaseHTTPRequestHandler):
         }
         if owner.include_usage:
             out["usage"] = owner._usage(messages, text)
+        return out
+
+    def _tool_completion(
+        self, body: dict[str, Any], messages: list[dict[str, Any]], answer: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A completion whose message carries native ``tool_calls`` (arguments as JSON text)."""
+        out = self._completion(body, messages, str(answer.get("content") or ""))
+        n = len(self.server.owner.requests)
+        calls = [
+            {
+                "id": call.get("id") or f"call_{n}_{i}",
+                "type": "function",
+                "function": {
+                    "name": call["name"],
+                    "arguments": call["arguments"]
+                    if isinstance(call.get("arguments"), str)
+                    else json.dumps(call.get("arguments") or {}),
+                },
+            }
+            for i, call in enumerate(answer["tool_calls"])
+        ]
+        choice = out["choices"][0]
+        choice["message"] = {
+            "role": "assistant",
+            "content": answer.get("content"),
+            "tool_calls": calls,
+        }
+        choice["finish_reason"] = "tool_calls"
         return out
 
     def _send_stream(self, body: dict[str, Any], messages: list[dict[str, Any]], text: str) -> None:

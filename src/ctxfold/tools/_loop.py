@@ -9,6 +9,10 @@ The sub-LLM's system message lists the tools and asks for exactly one fenced blo
 The loop runs the tool on the host in a thread with the tool's timeout, sends the (cut) result
 back as the next user message, and repeats until the model replies without a tool block or the
 turn limit is reached. Tool errors and timeouts become messages to the model, never exceptions.
+
+A model with native tool calling (see :mod:`ctxfold.tools._native`) runs the same loop with the
+same limits over its API's own tool fields instead: the tools go in the request, each call's
+result goes back as a ``tool`` message answering that call's id.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ctxfold.models import Completion, Message, TokenUsage
+from ctxfold.models._base import ToolCompletion, ToolModel
+from ctxfold.tools._native import native_system_text, native_tool_model, tool_specs
 from ctxfold.tools._tool import Tool
 
 DEFAULT_TURNS = 6
@@ -137,14 +143,24 @@ def run_tool_loop(
     result_chars: int = RESULT_CHARS,
     on_tool: Callable[[ToolOutcome], None] | None = None,
     should_stop: Callable[[], str | None] | None = None,
+    model: object | None = None,
+    account: Callable[[TokenUsage], None] | None = None,
 ) -> Completion:
     """Run one sub-call with tools: at most ``max_turns`` tool calls, then a final reply.
 
-    ``complete`` makes one model call (and accounts for it); ``on_tool`` hears of each tool call;
-    ``should_stop`` returns a reason (e.g. a spent budget) to end the loop early. Returns the
-    final reply, with the usage of every model call of the loop added up.
+    ``complete`` makes one text-protocol model call (and accounts for it); ``on_tool`` hears of
+    each tool call; ``should_stop`` returns a reason (e.g. a spent budget) to end the loop early.
+    When ``model`` calls tools natively (a :class:`~ctxfold.models._base.ToolModel` with
+    ``native_tools`` set), the loop calls ``model.complete_with_tools`` itself instead of
+    ``complete`` and hands each call's usage to ``account``. Returns the final reply, with the
+    usage of every model call of the loop added up.
     """
     by_name = {t.name: t for t in tools}
+    native = native_tool_model(model)
+    if native is not None:
+        return _run_native(
+            native, messages, tools, max_turns, result_chars, on_tool, should_stop, account
+        )
     convo = _with_tools_system(messages, tools, max_turns)
     usages: list[TokenUsage] = []
     calls = 0
@@ -170,6 +186,68 @@ def run_tool_loop(
             convo[-1]["content"] += "\n\nThat was your last tool call: reply now with your answer."
 
 
+def _run_native(
+    model: ToolModel,
+    messages: Sequence[Message],
+    tools: Sequence[Tool],
+    max_turns: int,
+    result_chars: int,
+    on_tool: Callable[[ToolOutcome], None] | None,
+    should_stop: Callable[[], str | None] | None,
+    account: Callable[[TokenUsage], None] | None,
+) -> Completion:
+    """The tool loop over ``model``'s native tool calls (same limits and reports as the text
+    protocol; every call of one reply counts as one tool call)."""
+    by_name = {t.name: t for t in tools}
+    specs = tool_specs(tools)
+    convo: list[dict[str, Any]] = [
+        dict(m) for m in _with_note(messages, native_system_text(max_turns))
+    ]
+    usages: list[TokenUsage] = []
+    calls = 0
+    while True:
+        reply = model.complete_with_tools(convo, specs)
+        if account is not None:
+            account(reply.usage)
+        usages.append(reply.usage)
+        last = Completion(reply.text, reply.usage, reply.model, reply.finish_reason)
+        if not reply.tool_calls:
+            return _summed(last, reply.text, usages)
+        stop = should_stop() if should_stop is not None else None
+        if calls >= max_turns or stop:
+            why = stop or f"the limit of {max_turns} tool calls was reached"
+            text = reply.text.strip()
+            return _summed(last, text or f"[error: tools: {why} before a final answer]", usages)
+        convo.append({"role": "assistant", "content": reply.text, "tool_calls": _calls(reply)})
+        for call in reply.tool_calls:  # every call needs an answer, even past the limit
+            error: str | None
+            if calls >= max_turns:
+                error = f"not run: the limit of {max_turns} tool calls was reached"
+                content = _result_text(call.name, "", error, native=True)
+            else:
+                calls += 1
+                parsed = call.error if call.error is not None else (call.name, call.arguments)
+                name, result, error = _execute(
+                    calls, parsed, by_name, result_chars, on_tool, call.name
+                )
+                content = _result_text(name, result, error, native=True)
+            convo.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": call.id,
+                    "name": call.name,
+                    "content": content,
+                    "is_error": error is not None,
+                }
+            )
+        if calls == max_turns:
+            convo[-1]["content"] += "\n\nThat was your last tool call: reply now with your answer."
+
+
+def _calls(reply: ToolCompletion) -> list[dict[str, Any]]:
+    return [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in reply.tool_calls]
+
+
 def _turn(
     turn: int,
     parsed: tuple[str, dict[str, Any]] | str,
@@ -178,7 +256,28 @@ def _turn(
     on_tool: Callable[[ToolOutcome], None] | None,
 ) -> str:
     """Run one requested call; the message that reports its result or error to the model."""
-    name, result, error, latency = "", "", None, 0.0
+    name, result, error = _execute(turn, parsed, by_name, limit, on_tool)
+    return _result_text(name, result, error, native=False)
+
+
+def _result_text(name: str, result: str, error: str | None, *, native: bool) -> str:
+    """What the model is told of one call (a native ``tool`` message needs no header)."""
+    if error is not None:
+        return f"Tool error ({name or 'call'}): {error}"
+    return result if native else f"Tool result ({name}):\n{result}"
+
+
+def _execute(
+    turn: int,
+    parsed: tuple[str, dict[str, Any]] | str,
+    by_name: dict[str, Tool],
+    limit: int,
+    on_tool: Callable[[ToolOutcome], None] | None,
+    name: str = "",
+) -> tuple[str, str, str | None]:
+    """Run one requested call (or report why it cannot run): ``(name, result, error)``.
+    ``name`` is the tool's name when ``parsed`` is an error but the name is known."""
+    result, error, latency = "", None, 0.0
     arguments: dict[str, Any] = {}
     if isinstance(parsed, str):
         error = parsed
@@ -193,15 +292,16 @@ def _turn(
         latency = time.monotonic() - started
     if on_tool is not None:
         on_tool(ToolOutcome(turn, name, arguments, result, error, latency))
-    if error is not None:
-        return f"Tool error ({name or 'call'}): {error}"
-    return f"Tool result ({name}):\n{result}"
+    return name, result, error
 
 
 def _with_tools_system(
     messages: Sequence[Message], tools: Sequence[Tool], max_turns: int
 ) -> list[Message]:
-    note = tools_system_text(tools, max_turns)
+    return _with_note(messages, tools_system_text(tools, max_turns))
+
+
+def _with_note(messages: Sequence[Message], note: str) -> list[Message]:
     convo: list[Message] = [{"role": m["role"], "content": m["content"]} for m in messages]
     if convo and convo[0]["role"] == "system":
         convo[0]["content"] = f"{convo[0]['content']}\n\n{note}"
