@@ -74,8 +74,9 @@ def parse_lines(context: str, labels: dict[str, str]) -> list[tuple[dt.date, int
 
 
 def test_registry_has_every_task() -> None:
-    assert set(TASKS) == set(NAMES)
-    for name in NAMES:
+    # research's context is a dict of documents: it has its own tests (test_bench_research.py).
+    assert set(TASKS) == set(NAMES) | {"research"}
+    for name in TASKS:
         task: Task = get_task(name)
         assert task.name == name
         assert task.default_lengths and all(n >= 1000 for n in task.default_lengths)

@@ -7,6 +7,7 @@
 ``codeqa``         multiple choice over CPython's standard library source
 ``verbatim``       copy one JSON record / CSV row / code exactly
 ``math``           exact integer aggregates over a generated data table
+``research``       DeepDive/BrowseComp-Plus-style multi-hop questions over a generated corpus
 =================  ==========================================================================
 """
 
@@ -17,6 +18,7 @@ from ctxfold.bench.tasks.codeqa import CodeQATask
 from ctxfold.bench.tasks.math import MathTask
 from ctxfold.bench.tasks.oolong import OolongTask
 from ctxfold.bench.tasks.oolong_pairs import OolongPairsTask
+from ctxfold.bench.tasks.research import ResearchTask
 from ctxfold.bench.tasks.sniah import SniahTask
 from ctxfold.bench.tasks.verbatim import VerbatimTask
 from ctxfold.errors import CtxfoldError
@@ -27,6 +29,7 @@ __all__ = [
     "MathTask",
     "OolongPairsTask",
     "OolongTask",
+    "ResearchTask",
     "SniahTask",
     "VerbatimTask",
     "get_task",
@@ -41,6 +44,7 @@ TASKS: dict[str, Task] = {
         CodeQATask(),
         VerbatimTask(),
         MathTask(),
+        ResearchTask(),
     )
 }
 """Every task with its default settings, by registry name."""
