@@ -10,6 +10,7 @@ import pytest
 
 from ctxfold.bench import BenchSpec, load_rows, markdown, plots, run_bench, summarise
 from ctxfold.bench.methods import base
+from ctxfold.bench.runner import instances
 from ctxfold.bench.tasks import get_task
 from ctxfold.errors import CtxfoldError
 from ctxfold.models import Message, ScriptedModel
@@ -111,3 +112,35 @@ def test_bad_spec_is_a_clear_error() -> None:
         BenchSpec(task="sniah", methods=("magic",), lengths=(1000,))
     with pytest.raises(CtxfoldError):
         get_task("nope")
+
+
+def test_tool_methods_search_the_input_as_a_corpus(tmp_path: Path) -> None:
+    """agent_bm25: the root searches itself; rlm_tools: the root delegates to a searching sub."""
+    spec = BenchSpec(
+        task="research", methods=("agent_bm25", "rlm_tools"), lengths=(2000,), n=1, seed=2
+    )
+    inst = next(instances(spec))
+    name = inst.meta["chain_entities"][0]
+    searched: list[str] = []
+
+    def model(messages: list[Message]) -> str:
+        last = messages[-1]["content"]
+        if last.startswith("Tool result") or "[search]" in last or "Results for" in last:
+            searched.append(last)
+            return f"The answer is {inst.gold}."
+        if "Question:" in last and "```python" not in last and "Use the tools" in last:
+            return f'```tool\n{{"name": "search", "arguments": {{"query": "{name}"}}}}\n```'
+        if last.startswith("How"):  # the sub-call made by the root below
+            return f'```tool\n{{"name": "search", "arguments": {{"query": "{name}"}}}}\n```'
+        if "Output" in last:
+            return '```python\nanswer["content"] = r\nanswer["ready"] = True\n```'
+        return f'```python\nr = llm_query("How? {inst.question}")\nprint(r)\n```'
+
+    root = ScriptedModel(model, name="scripted")
+    rows = run_bench(spec, tmp_path / "r.jsonl", root=root, sub=root)
+    by_method = {r["method"]: r for r in rows}
+    assert by_method["agent_bm25"]["error"] is None, by_method["agent_bm25"]
+    assert by_method["rlm_tools"]["error"] is None, by_method["rlm_tools"]
+    assert by_method["agent_bm25"]["iterations"] >= 2  # a tool turn, then the answer
+    assert all(r["score"] == 1.0 for r in rows), rows
+    assert len(searched) == 2  # each method's model saw a search result before answering

@@ -5,6 +5,7 @@
 - ``summary``: a summarisation agent that reads the input chunk by chunk, keeping running notes.
 - ``rlm``: a Recursive Language Model.
 - ``rlm_nosub``: an RLM without sub-calls (``Budget(depth=0)``): code alone.
+- ``rlm_tools``, ``agent_bm25``: search tools over the input (see :mod:`.tool_methods`).
 """
 
 from __future__ import annotations
@@ -150,11 +151,25 @@ def _rlm(depth: int) -> Method:
     return run
 
 
+def _with_tools(name: str) -> Method:
+    """A method from :mod:`ctxfold.bench.tool_methods` (imported when first run)."""
+
+    def run(instance: Instance, root: Model, sub: Model, max_iterations: int) -> MethodResult:
+        from ctxfold.bench import tool_methods
+
+        method: Method = getattr(tool_methods, name)
+        return method(instance, root, sub, max_iterations)
+
+    return run
+
+
 METHODS: dict[str, Method] = {
     "base": base,
     "summary": summary,
     "rlm": _rlm(depth=1),
     "rlm_nosub": _rlm(depth=0),
+    "rlm_tools": _with_tools("rlm_tools"),
+    "agent_bm25": _with_tools("agent_bm25"),
 }
 
 
