@@ -20,7 +20,7 @@ from ctxfold.bench._types import Instance
 from ctxfold.budget import Budget
 from ctxfold.models import Message, Model, TokenUsage
 from ctxfold.models._tokens import count_tokens
-from ctxfold.rlm import RLM
+from ctxfold.rlm import RLM, Result
 
 _ANSWER_RESERVE = 600  # tokens kept free for the question and the reply
 _DEFAULT_WINDOW = 32_000
@@ -130,23 +130,27 @@ def summary(instance: Instance, root: Model, sub: Model, max_iterations: int) ->
     )
 
 
+def rlm_result(result: Result) -> MethodResult:
+    """A bench row's numbers from an RLM run's result."""
+    u = result.usage
+    return MethodResult(
+        answer=result.answer,
+        root_input_tokens=u.root_input_tokens,
+        root_output_tokens=u.root_output_tokens,
+        sub_input_tokens=u.sub_input_tokens,
+        sub_output_tokens=u.sub_output_tokens,
+        sub_calls=u.sub_calls,
+        cost_usd=u.cost_usd,
+        iterations=result.iterations,
+        ready=result.ready,
+        extra={"stop_reason": result.stop_reason},
+    )
+
+
 def _rlm(depth: int) -> Method:
     def run(instance: Instance, root: Model, sub: Model, max_iterations: int) -> MethodResult:
         rlm = RLM(model=root, sub_model=sub, budget=Budget(iterations=max_iterations, depth=depth))
-        result = rlm.run(instance.question, instance.context)
-        u = result.usage
-        return MethodResult(
-            answer=result.answer,
-            root_input_tokens=u.root_input_tokens,
-            root_output_tokens=u.root_output_tokens,
-            sub_input_tokens=u.sub_input_tokens,
-            sub_output_tokens=u.sub_output_tokens,
-            sub_calls=u.sub_calls,
-            cost_usd=u.cost_usd,
-            iterations=result.iterations,
-            ready=result.ready,
-            extra={"stop_reason": result.stop_reason},
-        )
+        return rlm_result(rlm.run(instance.question, instance.context))
 
     return run
 

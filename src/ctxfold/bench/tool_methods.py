@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ctxfold.bench._types import Instance
-from ctxfold.bench.methods import MethodResult
+from ctxfold.bench.methods import MethodResult, rlm_result
 from ctxfold.budget import Budget
 from ctxfold.models import Message, Model, TokenUsage
 from ctxfold.rlm import RLM
@@ -53,20 +53,7 @@ def rlm_tools(instance: Instance, root: Model, sub: Model, max_iterations: int) 
     with tempfile.TemporaryDirectory(prefix="ctxfold-corpus-") as folder:
         tools = corpus_tools(_write_corpus(instance.context, Path(folder)), cache_dir=folder)
         rlm = RLM(model=root, sub_model=sub, budget=Budget(iterations=max_iterations), tools=tools)
-        result = rlm.run(instance.question, instance.context)
-    u = result.usage
-    return MethodResult(
-        answer=result.answer,
-        root_input_tokens=u.root_input_tokens,
-        root_output_tokens=u.root_output_tokens,
-        sub_input_tokens=u.sub_input_tokens,
-        sub_output_tokens=u.sub_output_tokens,
-        sub_calls=u.sub_calls,
-        cost_usd=u.cost_usd,
-        iterations=result.iterations,
-        ready=result.ready,
-        extra={"stop_reason": result.stop_reason},
-    )
+        return rlm_result(rlm.run(instance.question, instance.context))
 
 
 def agent_bm25(instance: Instance, root: Model, sub: Model, max_iterations: int) -> MethodResult:
