@@ -99,34 +99,23 @@ class Broker:
         if item.system:
             messages.append({"role": "system", "content": item.system})
         messages.append({"role": "user", "content": item.prompt})
-        call_id = shared.next_id()
-        shared.emit(
-            SubcallStart(
-                t=shared.trace.elapsed(),
-                depth=depth,
-                call_id=call_id,
-                kind="llm",
-                model=model.name,
-                prompt_chars=len(item.prompt),
-                prompt_preview=item.prompt[:_PREVIEW],
-                key=key or request_key("llm", item),
-            )
-        )
-        started = time.monotonic()
+        call_id, started = self._start("llm", model.name, item, key or request_key("llm", item))
         try:
             completion = self._complete(model, messages, call_id, depth)
         except Exception as exc:
             message = str(exc) or type(exc).__name__
-            self._end(call_id, model.name, started, "", message)
+            self._end(call_id, "llm", model.name, started, "", message)
             return error_text("llm_query", message)
+        usage = completion.usage
         self._end(
             call_id,
+            "llm",
             model.name,
             started,
             completion.text,
             None,
-            completion.usage.input_tokens,
-            completion.usage.output_tokens,
+            usage.input_tokens,
+            usage.output_tokens,
         )
         return completion.text
 
@@ -185,9 +174,27 @@ class Broker:
             ),
         )
 
+    def _start(self, kind: str, model: str, item: SubcallItem, key: str) -> tuple[int, float]:
+        """Trace the start of a sub-call; returns its id and start time."""
+        call_id = self._shared.next_id()
+        self._shared.emit(
+            SubcallStart(
+                t=self._shared.trace.elapsed(),
+                depth=self._depth + 1,
+                call_id=call_id,
+                kind=kind,
+                model=model,
+                prompt_chars=len(item.prompt),
+                prompt_preview=item.prompt[:_PREVIEW],
+                key=key,
+            )
+        )
+        return call_id, time.monotonic()
+
     def _end(
         self,
         call_id: int,
+        kind: str,
         model: str,
         started: float,
         response: str,
@@ -200,7 +207,7 @@ class Broker:
                 t=self._shared.trace.elapsed(),
                 depth=self._depth + 1,
                 call_id=call_id,
-                kind="llm",
+                kind=kind,
                 model=model,
                 input_tokens=input_tokens,
                 output_tokens=output_tokens,
@@ -224,33 +231,9 @@ class Broker:
 
     def _child(self, item: SubcallItem, child_depth: int) -> str:
         """A child RLM run, traced as one ``rlm`` sub-call around the child's own events."""
-        shared = self._shared
-        call_id = shared.next_id()
-        shared.emit(
-            SubcallStart(
-                t=shared.trace.elapsed(),
-                depth=child_depth,
-                call_id=call_id,
-                kind="rlm",
-                model=shared.root_model.name,
-                prompt_chars=len(item.prompt),
-                prompt_preview=item.prompt[:_PREVIEW],
-                key=request_key("rlm", item),
-            )
-        )
-        started = time.monotonic()
+        # The child's own calls are accounted by its engine: this event carries no tokens.
+        model = self._shared.root_model.name
+        call_id, started = self._start("rlm", model, item, request_key("rlm", item))
         answer = self._run_child(item.prompt, item.context, child_depth)
-        shared.emit(
-            SubcallEnd(
-                t=shared.trace.elapsed(),
-                depth=child_depth,
-                call_id=call_id,
-                kind="rlm",
-                model=shared.root_model.name,
-                input_tokens=0,
-                output_tokens=0,
-                latency_s=time.monotonic() - started,
-                response=answer,
-            )
-        )
+        self._end(call_id, "rlm", model, started, answer, None)
         return answer
