@@ -17,6 +17,7 @@ import pytest
 
 from ctxfold.errors import LocalModelError, ModelError, ModelSpecError
 from ctxfold.models import _weights, local
+from ctxfold.models._spec import resolve_model
 from ctxfold.models._weights import (
     DEFAULT_LOCAL_MODEL,
     LocalWeights,
@@ -195,6 +196,25 @@ def test_bad_parallel_or_window() -> None:
         load_local_model("local", parallel=0)
     with pytest.raises(ModelSpecError):
         load_local_model("local", window=10)
+
+
+@pytest.mark.parametrize(
+    "spec", ["local?window", "local?window=big", "local?slots=2", "local:qwen2.5-coder-0.5b?x=1"]
+)
+def test_bad_spec_settings(spec: str) -> None:
+    with pytest.raises(ModelSpecError):
+        load_local_model(spec)
+
+
+def test_spec_settings_take_the_place_of_the_arguments() -> None:
+    assert local._split_settings("local:qwen2.5-coder-1.5b?window=8_192&parallel=2") == (
+        "local:qwen2.5-coder-1.5b",
+        {"window": 8192, "parallel": 2},
+    )
+    with pytest.raises(ModelSpecError, match="window must be at least 256"):
+        load_local_model("local?window=10", window=8192)
+    with pytest.raises(ModelSpecError, match="parallel must be at least 1"):
+        resolve_model("local?parallel=0")
 
 
 def test_gguf_path_errors(tmp_path: Path) -> None:

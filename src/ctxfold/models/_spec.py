@@ -23,7 +23,7 @@ def resolve_model(spec: str | Model) -> Model:
     Accepted strings:
 
     - ``"local"`` or ``"local:NAME"``: the embedded offline model
-      (:func:`ctxfold.models.local.load_local_model`);
+      (:func:`ctxfold.models.local.load_local_model`), optionally with ``?window=TOKENS``;
     - ``"openai:NAME"``: the OpenAI API (needs ``OPENAI_API_KEY``, honours ``OPENAI_BASE_URL``);
     - ``"openai:NAME@http://host:port/v1"``: any OpenAI-compatible server;
     - ``"anthropic:NAME"``: Anthropic's API (needs ``ANTHROPIC_API_KEY``); an ``@URL`` suffix
@@ -40,7 +40,7 @@ def resolve_model(spec: str | Model) -> Model:
     text = spec.strip()
     provider, colon, rest = text.partition(":")
     provider = provider.lower()
-    if provider == "local":
+    if provider.partition("?")[0] == "local":
         if colon and not rest.strip():
             raise ModelSpecError(f"model spec {spec!r} has no name after 'local:': {_FORMS}")
         from ctxfold.models.local import load_local_model  # heavy, rarely needed

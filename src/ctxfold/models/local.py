@@ -368,7 +368,9 @@ def load_local_model(
 
     ``spec`` is ``"local"`` (the default model), ``"local:NAME"`` for a known model (see
     :func:`~ctxfold.models._weights.list_local_models`), or ``"local:/path/to/model.gguf"`` for
-    any GGUF file (loaded without a checksum). ``parallel`` is the number of decoding slots and
+    any GGUF file (loaded without a checksum); any of these may end in ``?window=TOKENS`` and/or
+    ``&parallel=SLOTS`` (e.g. ``"local?window=8192"``), which take the place of the arguments.
+    ``parallel`` is the number of decoding slots and
     ``window`` the context of each, in tokens (default: 32768 for the default model, 16384 for
     the 1.5B and for GGUF files; llama.cpp caps it at the model's training window). The KV memory
     grows with ``parallel * window``. Loads with the same file and settings share one server.
@@ -379,6 +381,9 @@ def load_local_model(
     :class:`LocalModelError` when the weights or ``xllamacpp`` are not installed, the weights fail
     their checksum, or the server does not start.
     """
+    spec, settings = _split_settings(spec)
+    parallel = settings.get("parallel", parallel)
+    window = settings.get("window", window)
     if parallel < 1:
         raise ModelSpecError(f"parallel must be at least 1, not {parallel}")
     if window is not None and window < 256:
@@ -392,6 +397,26 @@ def load_local_model(
     except BaseException:
         _release_server(server)
         raise
+
+
+def _split_settings(spec: str) -> tuple[str, dict[str, int]]:
+    """``"local:NAME?window=8192&parallel=2"`` → ``("local:NAME", {"window": 8192, ...})``."""
+    head, sep, query = spec.partition("?")
+    if not sep:
+        return spec, {}
+    settings: dict[str, int] = {}
+    for item in query.split("&"):
+        key, eq, value = item.partition("=")
+        key = key.strip().lower()
+        if key not in ("window", "parallel") or not eq:
+            raise ModelSpecError(
+                f"bad setting {item!r} in {spec!r}: use ?window=TOKENS and/or &parallel=SLOTS"
+            )
+        try:
+            settings[key] = int(value.strip().replace("_", ""))
+        except ValueError:
+            raise ModelSpecError(f"{key} must be an integer in {spec!r}, not {value!r}") from None
+    return head, settings
 
 
 def _resolve(spec: str) -> tuple[str, Path, int]:
