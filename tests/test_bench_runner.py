@@ -38,6 +38,9 @@ def test_run_bench_writes_rows_and_resumes(tmp_path: Path) -> None:
     assert all(r["score"] == 1.0 and r["error"] is None for r in rows), rows
     rlm_rows = [r for r in rows if r["method"] == "rlm"]
     assert all(r["iterations"] == 2 and r["ready"] for r in rlm_rows)
+    transcript = rlm_rows[0]["extra"]["transcript"]  # the root turns, to read when a row fails
+    assert transcript[0].startswith("[1] model: ```python") and "re.findall" in transcript[0]
+    assert transcript[1].startswith("[1] ctxfold: Output") and len(transcript) == 3
     assert all(r["root_input_tokens"] > 0 for r in rows)
     # A second run over the same file does nothing new.
     assert run_bench(spec, out, root=root, sub=root) == []

@@ -21,6 +21,7 @@ from ctxfold.budget import Budget
 from ctxfold.models import Message, Model, TokenUsage
 from ctxfold.models._tokens import count_tokens
 from ctxfold.rlm import RLM, Result
+from ctxfold.trace import Feedback, RootResponse, Trace
 
 _ANSWER_RESERVE = 600  # tokens kept free for the question and the reply
 _DEFAULT_WINDOW = 32_000
@@ -131,7 +132,7 @@ def summary(instance: Instance, root: Model, sub: Model, max_iterations: int) ->
 
 
 def rlm_result(result: Result) -> MethodResult:
-    """A bench row's numbers from an RLM run's result."""
+    """A bench row's numbers from an RLM run's result, with a short transcript of the root turns."""
     u = result.usage
     return MethodResult(
         answer=result.answer,
@@ -143,8 +144,24 @@ def rlm_result(result: Result) -> MethodResult:
         cost_usd=u.cost_usd,
         iterations=result.iterations,
         ready=result.ready,
-        extra={"stop_reason": result.stop_reason},
+        extra={"stop_reason": result.stop_reason, "transcript": transcript(result.trace)},
     )
+
+
+def transcript(trace: Trace, *, reply_chars: int = 700, feedback_chars: int = 400) -> list[str]:
+    """The top-level root turns of a run, each cut short: what to read when a row scored 0."""
+    lines: list[str] = []
+    for event in trace:
+        if isinstance(event, RootResponse) and event.depth == 0:
+            lines.append(f"[{event.turn}] model: {_cut(event.text, reply_chars)}")
+        elif isinstance(event, Feedback) and event.depth == 0:
+            lines.append(f"[{event.turn}] ctxfold: {_cut(event.content, feedback_chars)}")
+    return lines
+
+
+def _cut(text: str, limit: int) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else f"{text[: limit - 20]} ...[{len(text):,} chars]"
 
 
 def _rlm(depth: int) -> Method:
