@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -52,10 +53,8 @@ def instances(spec: BenchSpec) -> Iterator[Instance]:
             yield instance
 
 
-def run_one(instance: Instance, method: str, root: Model, sub: Model, iters: int) -> dict[str, Any]:
-    """One (instance, method) pair as a result row. Failures become rows with an ``error``."""
-    task = get_task(instance.task)
-    row: dict[str, Any] = {
+def _row_head(instance: Instance, method: str, model: str, sub_model: str) -> dict[str, Any]:
+    return {
         "task": instance.task,
         "instance": instance.id,
         "method": method,
@@ -64,18 +63,34 @@ def run_one(instance: Instance, method: str, root: Model, sub: Model, iters: int
         "length_chars": instance.meta.get("length_chars"),
         "variant": instance.meta.get("variant"),
         "seed": instance.meta.get("seed"),
-        "model": root.name,
-        "sub_model": sub.name,
+        "model": model,
+        "sub_model": sub_model,
         "gold": instance.gold
         if isinstance(instance.gold, str | int | float)
         else repr(instance.gold),
     }
+
+
+def error_row(
+    instance: Instance, method: str, model: str, sub_model: str, error: str, detail: str
+) -> dict[str, Any]:
+    """The row of a pair that failed: score 0, ``error`` (one line) and ``detail`` (a traceback)."""
+    row = _row_head(instance, method, model, sub_model)
+    row.update(score=0.0, error=error, wall_s=None, traceback=detail)
+    return row
+
+
+def run_one(instance: Instance, method: str, root: Model, sub: Model, iters: int) -> dict[str, Any]:
+    """One (instance, method) pair as a result row. Failures become rows with an ``error``."""
+    task = get_task(instance.task)
     try:
         result, seconds = timed(METHODS[method], instance, root, sub, iters)
     except Exception as exc:  # a failing instance is a data point, not the end of the bench
-        row.update(score=0.0, error=f"{type(exc).__name__}: {exc}", wall_s=None)
-        row["traceback"] = traceback.format_exc(limit=3)
-        return row
+        error = f"{type(exc).__name__}: {exc}"
+        return error_row(
+            instance, method, root.name, sub.name, error, traceback.format_exc(limit=3)
+        )
+    row = _row_head(instance, method, root.name, sub.name)
     row.update(asdict(result))
     row["wall_s"] = round(seconds, 3)
     row["score"] = task.score(instance, result.answer)
@@ -106,8 +121,18 @@ def run_bench(
     on_start: Callable[[int], None] | None = None,
     executor: str = "local",
     ray_address: str | None = None,
+    ray_cpus: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Run ``spec`` and append rows to ``out`` (JSONL). Returns the rows made by this call."""
+    """Run ``spec`` and append rows to ``out`` (JSONL). Returns the rows made by this call.
+
+    ``executor="ray"`` runs the pairs as Ray tasks, on a local Ray started here (``ray_cpus``
+    tasks at once, default ``min(4, cores)``) or on the cluster at ``ray_address``; its tasks
+    build their models from the spec's strings, so ``root`` and ``sub`` objects are refused.
+    """
+    if executor not in ("local", "ray"):
+        raise CtxfoldError(f"unknown executor {executor!r}: use local or ray")
+    if executor == "ray" and (root is not None or sub is not None):
+        raise CtxfoldError("the ray executor builds models from spec strings: give none as objects")
     out.parent.mkdir(parents=True, exist_ok=True)
     done = _done(out)
     todo = [
@@ -118,16 +143,16 @@ def run_bench(
     ]
     if on_start is not None:
         on_start(len(todo))
+    rows_iter: Generator[dict[str, Any]]
     if executor == "ray":
         from ctxfold.bench._ray import run_on_ray
 
-        rows_iter: Iterator[dict[str, Any]] = run_on_ray(spec, todo, ray_address)
-    elif executor == "local":
-        rows_iter = _run_local(spec, todo, root, sub)
+        rows_iter = run_on_ray(spec, todo, ray_address, num_cpus=ray_cpus)
     else:
-        raise CtxfoldError(f"unknown executor {executor!r}: use local or ray")
+        rows_iter = _run_local(spec, todo, root, sub)
     rows = []
-    with out.open("a", encoding="utf-8") as fh:
+    # closing(): an interrupt between two rows still stops the executor (models, Ray) at once.
+    with closing(rows_iter), out.open("a", encoding="utf-8") as fh:
         for row in rows_iter:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             fh.flush()
@@ -139,7 +164,7 @@ def run_bench(
 
 def _run_local(
     spec: BenchSpec, todo: Sequence[tuple[Instance, str]], root: Model | None, sub: Model | None
-) -> Iterator[dict[str, Any]]:
+) -> Generator[dict[str, Any]]:
     owned = []
     if root is None:
         root = resolve_model(spec.model)
