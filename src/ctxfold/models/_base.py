@@ -77,8 +77,9 @@ class NativeToolCall:
 
 @dataclass(frozen=True, slots=True)
 class ToolCompletion:
-    """What :meth:`ToolModel.complete_with_tools` returns: a :class:`Completion`'s fields and the
-    tool calls of the reply (empty when the model answered without calling a tool)."""
+    """What :meth:`ToolModel.complete_with_tools` (and its async twin) returns: a
+    :class:`Completion`'s fields and the tool calls of the reply (empty when the model answered
+    without calling a tool)."""
 
     text: str
     usage: TokenUsage
@@ -96,11 +97,19 @@ class ToolModel(Protocol):
     ``{"role": "assistant", "content": str, "tool_calls": [{"id", "name", "arguments"}]}`` and
     ``{"role": "tool", "tool_call_id": str, "name": str, "content": str, "is_error": bool}``.
     ``native_tools`` false makes the tool loop use its text protocol instead.
+    ``acomplete_with_tools`` is the async twin, used by the async tool loop.
     """
 
     native_tools: bool
 
     def complete_with_tools(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]],
+        **options: Any,
+    ) -> ToolCompletion: ...
+
+    async def acomplete_with_tools(
         self,
         messages: Sequence[Mapping[str, Any]],
         tools: Sequence[Mapping[str, Any]],

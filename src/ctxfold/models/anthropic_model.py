@@ -141,17 +141,7 @@ class AnthropicModel:
         """One message that may call ``tools`` natively (see
         :class:`~ctxfold.models._base.ToolModel` for the message and tool formats)."""
         client = self._clients.sync()
-        body, request_options = self._request(messages, options)  # type: ignore[arg-type]
-        body["messages"] = _wire_messages(messages)
-        if tools:
-            body["tools"] = [
-                {
-                    "name": t["name"],
-                    "description": t.get("description") or "",
-                    "input_schema": t.get("parameters") or {"type": "object"},
-                }
-                for t in tools
-            ]
+        body, request_options = self._tools_request(messages, tools, options)
         cast_to = self._response_type
         assert cast_to is not None
 
@@ -159,21 +149,29 @@ class AnthropicModel:
             response = client.post(
                 _MESSAGES_PATH, body=body, cast_to=cast_to, options=request_options
             )
-            completion = self._parse(response.content)
-            calls = tuple(
-                _tool_call(i, block)
-                for i, block in enumerate(json.loads(response.content)["content"])
-                if isinstance(block, dict) and block.get("type") == "tool_use"
-            )
-            return ToolCompletion(
-                completion.text,
-                completion.usage,
-                completion.model,
-                completion.finish_reason,
-                calls,
-            )
+            return self._parse_tools(response.content)
 
         return self.retry.call(attempt, self._classify, self._what)
+
+    async def acomplete_with_tools(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]],
+        **options: Any,
+    ) -> ToolCompletion:
+        """The async form of :meth:`complete_with_tools`."""
+        client = self._clients.async_client()
+        body, request_options = self._tools_request(messages, tools, options)
+        cast_to = self._response_type
+        assert cast_to is not None
+
+        async def attempt() -> ToolCompletion:
+            response = await client.post(
+                _MESSAGES_PATH, body=body, cast_to=cast_to, options=request_options
+            )
+            return self._parse_tools(response.content)
+
+        return await self.retry.acall(attempt, self._classify, self._what)
 
     async def aclose(self) -> None:
         """Close the HTTP clients, awaiting the async one of the running loop."""
@@ -204,6 +202,39 @@ class AnthropicModel:
             stop = known["stop"]
             body["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
         return body, {"timeout": known.get("timeout", self.timeout)}
+
+    def _tools_request(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]],
+        options: Mapping[str, Any],
+    ) -> tuple[dict[str, Any], anthropic.RequestOptions]:
+        """:meth:`_request` for a tool-loop turn: ``tool_use`` / ``tool_result`` turns, and the
+        tools as Messages API tool definitions."""
+        body, request_options = self._request(messages, options)  # type: ignore[arg-type]
+        body["messages"] = _wire_messages(messages)
+        if tools:
+            body["tools"] = [
+                {
+                    "name": t["name"],
+                    "description": t.get("description") or "",
+                    "input_schema": t.get("parameters") or {"type": "object"},
+                }
+                for t in tools
+            ]
+        return body, request_options
+
+    def _parse_tools(self, content: bytes) -> ToolCompletion:
+        """:meth:`_parse` plus the reply's ``tool_use`` blocks."""
+        completion = self._parse(content)
+        calls = tuple(
+            _tool_call(i, block)
+            for i, block in enumerate(json.loads(content)["content"])
+            if isinstance(block, dict) and block.get("type") == "tool_use"
+        )
+        return ToolCompletion(
+            completion.text, completion.usage, completion.model, completion.finish_reason, calls
+        )
 
     def _parse(self, content: bytes) -> Completion:
         try:

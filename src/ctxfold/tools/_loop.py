@@ -13,15 +13,19 @@ turn limit is reached. Tool errors and timeouts become messages to the model, ne
 A model with native tool calling (see :mod:`ctxfold.tools._native`) runs the same loop with the
 same limits over its API's own tool fields instead: the tools go in the request, each call's
 result goes back as a ``tool`` message answering that call's id.
+
+:func:`arun_tool_loop` is the async twin (``acomplete`` / ``acomplete_with_tools``, tools run
+off the event loop). Both drive one loop, written once as a generator of steps.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,6 +138,18 @@ def run_tool(
     return _cut(_as_text(box.get("value")), limit), None
 
 
+async def arun_tool(
+    tool: Tool, arguments: dict[str, Any], limit: int = RESULT_CHARS
+) -> tuple[str, str | None]:
+    """:func:`run_tool` for async code: the event loop goes on while the tool runs.
+
+    The wait happens in a worker thread (``asyncio.to_thread``) that is busy at most the tool's
+    timeout: the tool itself runs in :func:`run_tool`'s daemon thread, so a tool that never
+    returns holds no thread of the loop's executor (nor ``asyncio.run``'s exit) past it.
+    """
+    return await asyncio.to_thread(run_tool, tool, arguments, limit)
+
+
 def run_tool_loop(
     complete: Callable[[list[Message]], Completion],
     messages: Sequence[Message],
@@ -155,17 +171,129 @@ def run_tool_loop(
     ``complete`` and hands each call's usage to ``account``. Returns the final reply, with the
     usage of every model call of the loop added up.
     """
-    by_name = {t.name: t for t in tools}
+    steps = _steps(messages, tools, max_turns, result_chars, on_tool, should_stop, model, account)
+
+    def perform(step: _Step) -> Any:
+        if isinstance(step, _RunTool):
+            return run_tool(step.tool, step.arguments, step.limit)
+        if isinstance(step, _AskNative):
+            return step.model.complete_with_tools(step.convo, step.specs)
+        return complete(step.convo)
+
+    answer: Any = None
+    while True:
+        try:
+            step = steps.send(answer)
+        except StopIteration as done:
+            final: Completion = done.value
+            return final
+        answer = perform(step)
+
+
+async def arun_tool_loop(
+    acomplete: Callable[[list[Message]], Awaitable[Completion]],
+    messages: Sequence[Message],
+    tools: Sequence[Tool],
+    *,
+    max_turns: int = DEFAULT_TURNS,
+    result_chars: int = RESULT_CHARS,
+    on_tool: Callable[[ToolOutcome], None] | None = None,
+    should_stop: Callable[[], str | None] | None = None,
+    model: object | None = None,
+    account: Callable[[TokenUsage], None] | None = None,
+) -> Completion:
+    """The async twin of :func:`run_tool_loop`: the same turns, limits, messages and reports.
+
+    ``acomplete`` makes one text-protocol model call; a native tool model is called with
+    ``await model.acomplete_with_tools(...)``; tools run off the event loop (:func:`arun_tool`)
+    with their timeouts. ``on_tool``, ``should_stop`` and ``account`` are plain functions.
+    """
+    steps = _steps(messages, tools, max_turns, result_chars, on_tool, should_stop, model, account)
+
+    async def perform(step: _Step) -> Any:
+        if isinstance(step, _RunTool):
+            return await arun_tool(step.tool, step.arguments, step.limit)
+        if isinstance(step, _AskNative):
+            return await step.model.acomplete_with_tools(step.convo, step.specs)
+        return await acomplete(step.convo)
+
+    answer: Any = None
+    while True:
+        try:
+            step = steps.send(answer)
+        except StopIteration as done:
+            final: Completion = done.value
+            return final
+        answer = await perform(step)
+
+
+# -- the loop itself, written once for both drivers ----------------------------------------------
+# It yields what it needs done (a model call, a tool run) and is sent back the answer:
+# run_tool_loop performs the steps blocking, arun_tool_loop awaits them.
+
+
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    """A text-protocol model call; answered with a :class:`Completion`."""
+
+    convo: list[Message]
+
+
+@dataclass(frozen=True, slots=True)
+class _AskNative:
+    """A native tool-calling model call; answered with a :class:`ToolCompletion`."""
+
+    model: ToolModel
+    convo: list[dict[str, Any]]
+    specs: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class _RunTool:
+    """One tool run; answered with :func:`run_tool`'s ``(result, error)``."""
+
+    tool: Tool
+    arguments: dict[str, Any]
+    limit: int
+
+
+_Step = _Ask | _AskNative | _RunTool
+_Steps = Generator[_Step, Any, Completion]
+
+
+def _steps(
+    messages: Sequence[Message],
+    tools: Sequence[Tool],
+    max_turns: int,
+    result_chars: int,
+    on_tool: Callable[[ToolOutcome], None] | None,
+    should_stop: Callable[[], str | None] | None,
+    model: object | None,
+    account: Callable[[TokenUsage], None] | None,
+) -> _Steps:
     native = native_tool_model(model)
     if native is not None:
-        return _run_native(
+        return _native_steps(
             native, messages, tools, max_turns, result_chars, on_tool, should_stop, account
         )
+    return _text_steps(messages, tools, max_turns, result_chars, on_tool, should_stop)
+
+
+def _text_steps(
+    messages: Sequence[Message],
+    tools: Sequence[Tool],
+    max_turns: int,
+    result_chars: int,
+    on_tool: Callable[[ToolOutcome], None] | None,
+    should_stop: Callable[[], str | None] | None,
+) -> _Steps:
+    """The tool loop over the text protocol (a fenced ``tool`` block per call)."""
+    by_name = {t.name: t for t in tools}
     convo = _with_tools_system(messages, tools, max_turns)
     usages: list[TokenUsage] = []
     calls = 0
     while True:
-        completion = complete(convo)
+        completion: Completion = yield _Ask(convo)
         usages.append(completion.usage)
         parsed = parse_tool_call(completion.text, set(by_name))
         if parsed is None:
@@ -179,14 +307,13 @@ def run_tool_loop(
             )
         calls += 1
         convo.append({"role": "assistant", "content": completion.text})
-        convo.append(
-            {"role": "user", "content": _turn(calls, parsed, by_name, result_chars, on_tool)}
-        )
+        name, result, error = yield from _execute(calls, parsed, by_name, result_chars, on_tool)
+        convo.append({"role": "user", "content": _result_text(name, result, error, native=False)})
         if calls == max_turns:
             convo[-1]["content"] += "\n\nThat was your last tool call: reply now with your answer."
 
 
-def _run_native(
+def _native_steps(
     model: ToolModel,
     messages: Sequence[Message],
     tools: Sequence[Tool],
@@ -195,7 +322,7 @@ def _run_native(
     on_tool: Callable[[ToolOutcome], None] | None,
     should_stop: Callable[[], str | None] | None,
     account: Callable[[TokenUsage], None] | None,
-) -> Completion:
+) -> _Steps:
     """The tool loop over ``model``'s native tool calls (same limits and reports as the text
     protocol; every call of one reply counts as one tool call)."""
     by_name = {t.name: t for t in tools}
@@ -206,7 +333,7 @@ def _run_native(
     usages: list[TokenUsage] = []
     calls = 0
     while True:
-        reply = model.complete_with_tools(convo, specs)
+        reply: ToolCompletion = yield _AskNative(model, convo, specs)
         if account is not None:
             account(reply.usage)
         usages.append(reply.usage)
@@ -227,7 +354,7 @@ def _run_native(
             else:
                 calls += 1
                 parsed = call.error if call.error is not None else (call.name, call.arguments)
-                name, result, error = _execute(
+                name, result, error = yield from _execute(
                     calls, parsed, by_name, result_chars, on_tool, call.name
                 )
                 content = _result_text(name, result, error, native=True)
@@ -248,18 +375,6 @@ def _calls(reply: ToolCompletion) -> list[dict[str, Any]]:
     return [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in reply.tool_calls]
 
 
-def _turn(
-    turn: int,
-    parsed: tuple[str, dict[str, Any]] | str,
-    by_name: dict[str, Tool],
-    limit: int,
-    on_tool: Callable[[ToolOutcome], None] | None,
-) -> str:
-    """Run one requested call; the message that reports its result or error to the model."""
-    name, result, error = _execute(turn, parsed, by_name, limit, on_tool)
-    return _result_text(name, result, error, native=False)
-
-
 def _result_text(name: str, result: str, error: str | None, *, native: bool) -> str:
     """What the model is told of one call (a native ``tool`` message needs no header)."""
     if error is not None:
@@ -274,7 +389,7 @@ def _execute(
     limit: int,
     on_tool: Callable[[ToolOutcome], None] | None,
     name: str = "",
-) -> tuple[str, str, str | None]:
+) -> Generator[_Step, Any, tuple[str, str, str | None]]:
     """Run one requested call (or report why it cannot run): ``(name, result, error)``.
     ``name`` is the tool's name when ``parsed`` is an error but the name is known."""
     result, error, latency = "", None, 0.0
@@ -288,7 +403,7 @@ def _execute(
         if tool is None:
             error = f"unknown tool {name!r}; the tools are: {', '.join(by_name)}"
         else:
-            result, error = run_tool(tool, arguments, limit)
+            result, error = yield _RunTool(tool, arguments, limit)
         latency = time.monotonic() - started
     if on_tool is not None:
         on_tool(ToolOutcome(turn, name, arguments, result, error, latency))
