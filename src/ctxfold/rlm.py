@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -21,7 +22,8 @@ from ctxfold.engine import Engine
 from ctxfold.errors import ContextError, CtxfoldError
 from ctxfold.models import Model, resolve_model
 from ctxfold.prompts import PROFILES
-from ctxfold.sandbox import ContextSpec, Sandbox, make_sandbox
+from ctxfold.sandbox import ContextSpec, ProcessSandbox, Sandbox, SparePool, make_sandbox
+from ctxfold.sandbox._cleanup import remove_soon
 from ctxfold.tools import DEFAULT_TURNS, as_tools
 from ctxfold.trace import RunEnd, RunResume, RunStart, Trace
 from ctxfold.usage import Usage
@@ -38,8 +40,11 @@ def _inputs_dir(keep: Path | None) -> Iterator[Path]:
         keep.mkdir(parents=True, exist_ok=True)
         yield keep
         return
-    with tempfile.TemporaryDirectory(prefix="ctxfold-in-") as workdir:
+    workdir = tempfile.mkdtemp(prefix="ctxfold-in-")
+    try:
         yield Path(workdir)
+    finally:
+        remove_soon(workdir)  # gone now, deleted in the background
 
 
 def _recorded_inputs(start: RunStart) -> list[PreparedContext]:
@@ -131,6 +136,8 @@ class RLM:
             raise CtxfoldError(f"tool_turns must be a whole number >= 1, got {tool_turns!r}")
         self.tools = as_tools(tools)
         self._tool_turns = tool_turns
+        self._spares = SparePool()  # a started sandbox worker waits here for the next run
+        self._warm: weakref.finalize[[], RLM] | None = None
 
     def _resolve(self, spec: str | Model) -> Model:
         model = resolve_model(spec)
@@ -156,12 +163,15 @@ class RLM:
 
     def _sandbox_factory(self) -> Callable[[], Sandbox]:
         spec = self._sandbox
-        if isinstance(spec, str):
+        spares = self._spares
+        if isinstance(spec, str) and spec.strip().lower() != "process":
             return lambda: make_sandbox(spec)
+        if isinstance(spec, str):
+            return lambda: ProcessSandbox(spare=spares)
         if hasattr(spec, "execute"):
             # One given object serves the top run; child runs get their own process sandbox.
             first: list[Sandbox] = [spec]  # type: ignore[list-item]
-            return lambda: first.pop() if first else make_sandbox("process")
+            return lambda: first.pop() if first else ProcessSandbox(spare=spares)
         return spec
 
     def run(
@@ -215,6 +225,7 @@ class RLM:
         replay: ResumeState | None = None,
     ) -> Result:
         """Run the top engine (fresh, or replaying a killed run) and wrap up its result."""
+        self._keep_warm()
         factory = self._sandbox_factory()
         unused: list[Sandbox] = []
         try:
@@ -321,8 +332,17 @@ class RLM:
         """Like :meth:`run`, for asyncio code (the run happens in a worker thread)."""
         return await asyncio.to_thread(self.run, question, context, contexts=contexts, trace=trace)
 
+    def _keep_warm(self) -> None:
+        """From the first run until :meth:`close` (or until this object is collected), a started
+        sandbox worker waits for the next run (see ``ctxfold.sandbox.SparePool``)."""
+        if self._warm is None or not self._warm.alive:
+            self._warm = weakref.finalize(self, self._spares.hold().close)
+
     def close(self) -> None:
-        """Release the model clients this RLM created (e.g. stop the local model server)."""
+        """Release the model clients this RLM created (e.g. stop the local model server) and
+        the spare sandbox worker it kept for its next run."""
+        if self._warm is not None:
+            self._warm()
         for model in self._owned:
             model.close()
         self._owned.clear()

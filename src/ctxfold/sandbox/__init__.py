@@ -13,6 +13,7 @@ from ctxfold.sandbox._base import (
     SubcallRequest,
 )
 from ctxfold.sandbox._isolation import IsolationWarning
+from ctxfold.sandbox._spare import SparePool, WarmHold, keep_warm, stop_spares
 from ctxfold.sandbox.docker import DockerSandbox
 from ctxfold.sandbox.process import ProcessSandbox
 
@@ -24,10 +25,14 @@ __all__ = [
     "IsolationWarning",
     "ProcessSandbox",
     "Sandbox",
+    "SparePool",
     "SubcallHandler",
     "SubcallItem",
     "SubcallRequest",
+    "WarmHold",
+    "keep_warm",
     "make_sandbox",
+    "stop_spares",
 ]
 
 _NAMES = ("process", "docker")

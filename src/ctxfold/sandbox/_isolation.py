@@ -44,7 +44,8 @@ UNSHARE = "unshare-net+rlimits"
 RLIMITS = "rlimits"
 NONE = "none"
 
-WORKER_INSIDE = "/ctxfold/_worker.py"  # where bubblewrap shows the worker script
+WORKER_DIR = "/ctxfold"  # where bubblewrap shows the worker program (its source or bytecode)
+WORKER_INSIDE = f"{WORKER_DIR}/_worker.py"
 _PROBE_TIMEOUT_S = 10.0
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _ETC_FILES = (
@@ -124,7 +125,8 @@ class Plan:
         if self.level != BWRAP:
             return [*self.prefix, python, "-I", "-u", str(worker), *worker_args]
         view = _bwrap_view(python, worker, scratch, inputs)
-        return [*self.prefix, *view, python, "-I", "-u", WORKER_INSIDE, *worker_args]
+        inside = f"{WORKER_DIR}/{worker.name}"
+        return [*self.prefix, *view, python, "-I", "-u", inside, *worker_args]
 
 
 def plan_for(isolate: bool | None) -> Plan:
@@ -216,7 +218,8 @@ def _bwrap_view(python: str, worker: Path, scratch: str, inputs: Sequence[str]) 
     binds = [(p, p, "--ro-bind-try") for p in _ETC_FILES if Path(p).exists()]
     binds += [(p, p, "--ro-bind") for p in interpreter_dirs(python)]
     binds += [(p, p, "--ro-bind-try") for p in inputs]  # a missing one: the worker says so
-    binds += [(str(worker), WORKER_INSIDE, "--ro-bind"), (scratch, scratch, "--bind")]
+    binds += [(str(worker), f"{WORKER_DIR}/{worker.name}", "--ro-bind")]
+    binds += [(scratch, scratch, "--bind")]
     made = {"/", "/tmp", "/dev", "/proc", *_SYSTEM_DIRS}
     for source, dest, how in binds:
         # parents made here are 0755 (bubblewrap would make them 0700: unusable after the uid drop)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -32,9 +33,18 @@ from ctxfold.sandbox._base import (
     ContextSpec,
     SubcallHandler,
 )
-from ctxfold.sandbox._host import WORKER_PATH, CellClock, ChannelError, WorkerProcess, spawn
-from ctxfold.sandbox._isolation import BWRAP, NONE, Limits, Plan, kill_uid, plan_for
+from ctxfold.sandbox._cleanup import remove_soon
+from ctxfold.sandbox._host import (
+    WORKER_PATH,
+    CellClock,
+    ChannelError,
+    WorkerProcess,
+    compiled_worker,
+    spawn,
+)
+from ctxfold.sandbox._isolation import BWRAP, NONE, WORKER_INSIDE, Limits, Plan, kill_uid, plan_for
 from ctxfold.sandbox._messages import cell_result, serve_call
+from ctxfold.sandbox._spare import POOL, SparePool, stage_inputs
 
 _INTERRUPT_GRACE_S = 2.0
 _RESIGNAL_S = 0.5
@@ -58,6 +68,12 @@ class ProcessSandbox:
         cpu_seconds: CPU time the worker may use over its life (it is then restarted).
         max_processes: processes and threads the sandbox may have at once.
         max_file_mb: the largest file the worker may write.
+        spare: start from a worker started beforehand for this configuration, if one is
+            ready, and leave a fresh one behind at :meth:`close`, while the pool is held: the
+            process-wide pool when :func:`ctxfold.sandbox.keep_warm` holds it, else the
+            :class:`~ctxfold.sandbox.SparePool` given here (an ``RLM`` gives its own). A spare
+            has been sent nothing before; it serves this sandbox only. ``False``: always start
+            a worker of its own.
 
     :attr:`isolation` names the level in use:
 
@@ -95,6 +111,7 @@ class ProcessSandbox:
         cpu_seconds: int = 3600,
         max_processes: int = 256,
         max_file_mb: int = 1024,
+        spare: bool | SparePool = True,
     ) -> None:
         for name, value in (
             ("memory_mb", memory_mb),
@@ -115,6 +132,20 @@ class ProcessSandbox:
             max_processes=max_processes,
             max_file_mb=max_file_mb,
         )
+        # what a spare for this sandbox's successor is made with (see _spare.py)
+        self._options: dict[str, Any] = {
+            "spare": False,
+            "python": python,
+            "env": env,
+            "startup_timeout": startup_timeout,
+            "isolate": isolate,
+            "memory_mb": memory_mb,
+            "cpu_seconds": cpu_seconds,
+            "max_processes": max_processes,
+            "max_file_mb": max_file_mb,
+        }
+        self._spare = spare
+        self._staging: str | None = None  # a spare's inputs directory (bound read-only)
         self._worker_uid: int | None = None
         self._state = "new"
         self._contexts: list[ContextSpec] = []
@@ -174,22 +205,115 @@ class ProcessSandbox:
         self._output_limit = max(int(output_limit), 200)
         _LIVE.add(self)
         try:
-            self._scratch = tempfile.mkdtemp(prefix="ctxfold-sbx-")
             self._wake = os.pipe()
             for fd in self._wake:
                 os.set_blocking(fd, False)
             self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="ctxfold-subcall")
-            self._worker = self._launch()
+            worker = self._adopt_spare()
+            if worker is None:
+                self._scratch = tempfile.mkdtemp(prefix="ctxfold-sbx-")
+                worker = self._launch()
+            self._worker = worker
         except BaseException:
             self.close()
             raise
+
+    # ---- spares (see _spare.py) ----
+
+    def _spare_key(self) -> tuple[Any, ...] | None:
+        """This sandbox's configuration, when it may use spares (subclasses start their workers
+        in their own ways and do not)."""
+        if self._spare is False or type(self) is not ProcessSandbox:
+            return None
+        env = tuple(sorted(self._extra_env.items()))
+        isolate = self._options["isolate"]
+        return (self._python, env, isolate, self._limits, self._output_limit, self._plan.level)
+
+    def _spares(self) -> SparePool:
+        """The pool in use: the process-wide one while it is held, else this sandbox's own."""
+        return self._spare if isinstance(self._spare, SparePool) and not POOL.held else POOL
+
+    def _adopt_spare(self) -> WorkerProcess | None:
+        """Take over a spare's worker, scratch dir and plan, show it the inputs and send it
+        ``init``; ``None`` when there is no spare, or it cannot be used (then start afresh)."""
+        key = self._spare_key()
+        spare = self._spares().take(key) if key is not None else None
+        if not isinstance(spare, ProcessSandbox):
+            return None
+        worker, staging = spare._worker, spare._staging
+        contexts = self._contexts if staging is None else stage_inputs(self._contexts, staging)
+        if worker is None or contexts is None:
+            spare.close()
+            return None
+        self._plan, self._scratch, self._staging = spare._plan, spare._scratch, staging
+        spare._worker = spare._scratch = spare._staging = None
+        spare.close()  # it owns nothing now
+        try:
+            return self._handshake(worker, contexts)
+        except SandboxError:  # it died meanwhile: a fresh start says what is wrong, if anything
+            for path in (self._scratch, self._staging):
+                if path is not None:
+                    remove_soon(path)
+            self._scratch = self._staging = None
+            return None
+
+    @classmethod
+    def _prestarted(
+        cls, options: dict[str, Any], output_limit: int, cancelled: threading.Event
+    ) -> ProcessSandbox:
+        """A spare: a sandbox whose worker is started (imports done) and sent nothing. Gives up
+        (raising :class:`SandboxError`) when ``cancelled`` is set, but only once a worker it
+        started is far enough to be asked to exit (killed mid-start under bubblewrap, the
+        processes inside the sandbox would outlive the call by a moment)."""
+        spare = cls(**options)
+        spare._state = "spare"
+        spare._output_limit = output_limit
+        _LIVE.add(spare)
+        try:
+            spare._scratch = tempfile.mkdtemp(prefix="ctxfold-sbx-")
+            if spare._plan.level == BWRAP:  # its view is made now: the inputs go in here later
+                spare._staging = tempfile.mkdtemp(prefix="ctxfold-sbx-in-")
+            if cancelled.is_set():
+                raise SandboxError("the spare is no longer wanted")
+            spare._worker = spare._open_worker()
+            spare._await_started(spare._worker)
+            if cancelled.is_set():
+                raise SandboxError("the spare is no longer wanted")
+        except BaseException:
+            spare.close()
+            raise
+        return spare
+
+    def spare_alive(self) -> bool:
+        """Whether this spare's worker still runs (the pool checks before handing it out)."""
+        return self._state == "spare" and self._worker is not None and not self._worker.exited()
+
+    def _await_started(self, worker: WorkerProcess) -> None:
+        """Wait for the worker's ``started`` message (its imports are done)."""
+        deadline = time.monotonic() + self._startup_timeout
+        while (left := deadline - time.monotonic()) > 0:
+            worker.wait(left)
+            try:
+                messages, eof = worker.read_messages()
+            except ChannelError:
+                break
+            if any(isinstance(m, dict) and m.get("op") == "started" for m in messages):
+                return
+            if eof or worker.exited():
+                break
+        raise SandboxError("the spare worker did not start")
 
     def close(self) -> None:
         """Stop the worker (and every process it started), remove the scratch dir. Idempotent."""
         if self._state == "closed":
             return
+        was = self._state
         self._state = "closed"
         _LIVE.discard(self)
+        key = self._spare_key() if was == "started" else None
+        if key is not None:  # a worker for the next sandbox like this one, while the pool is held
+            make = functools.partial(self._prestarted, self._options, self._output_limit)
+            self._spares().offer(key, make)
         if not self._exec_lock.acquire(blocking=False):
             # A cell runs in another thread: kill the worker; that thread sees it die, finishes
             # the clean-up and raises SandboxError (closing fds under its feet would be unsafe).
@@ -204,7 +328,7 @@ class ProcessSandbox:
 
     def _release_all(self) -> None:
         worker, self._worker = self._worker, None
-        if worker is not None:
+        if worker is not None:  # a spare too: asked to exit, it is gone with its namespaces
             worker.stop()
         pool, self._pool = self._pool, None
         if pool is not None:  # handler calls still running finish on their own; replies are dropped
@@ -213,8 +337,9 @@ class ProcessSandbox:
             wake, self._wake = self._wake, None
             for fd in wake or ():
                 os.close(fd)
-        if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
+        for path in (self._scratch, self._staging):
+            if path is not None:
+                remove_soon(path)  # gone now, deleted in the background (see _cleanup.py)
 
     def _spawn(
         self,
@@ -264,15 +389,22 @@ class ProcessSandbox:
         out_r, out_w = os.pipe()
         plan = self._plan
         args = [str(to_worker_r), str(from_worker_w)]
+        inputs = [c["path"] for c in self._contexts]
+        if self._staging is not None:
+            inputs.append(self._staging)
+        program = WORKER_PATH
+        if os.path.realpath(python) == os.path.realpath(sys.executable):  # bytecode fits it
+            shown_as = WORKER_INSIDE if plan.level == BWRAP else str(WORKER_PATH)
+            program = compiled_worker(shown_as) or WORKER_PATH
         try:
             if plan.level != NONE:
                 args.append(self._limits.to_worker(plan.worker_uid(python)))
             argv = plan.command(
                 python,
-                WORKER_PATH,
+                program,
                 args,
                 scratch=self._scratch,
-                inputs=[c["path"] for c in self._contexts],
+                inputs=inputs,
             )
             env, cwd = self._worker_env(), self._scratch
             proc = spawn(
@@ -330,13 +462,13 @@ class ProcessSandbox:
         """Spawn a worker, send it the contexts, wait until it is ready."""
         if self._worker_uid is not None and os.geteuid() == 0 and self._scratch is not None:
             os.chown(self._scratch, 0, 0)  # a worker starts as root (without capabilities)
-        worker = self._open_worker()
+        contexts = self._init_contexts()
+        return self._handshake(self._open_worker(), contexts)
+
+    def _handshake(self, worker: WorkerProcess, contexts: list[ContextSpec]) -> WorkerProcess:
+        """Send a started worker ``init`` with ``contexts`` and wait until it is ready."""
         try:
-            init = {
-                "op": "init",
-                "contexts": self._init_contexts(),
-                "output_limit": self._output_limit,
-            }
+            init = {"op": "init", "contexts": contexts, "output_limit": self._output_limit}
             worker.send(init)
             self._worker_ready(self._await_ready(worker))
         except BaseException:
