@@ -23,6 +23,9 @@ class EngineOptions:
     output_limit: int = 8000  # characters of cell output shown to the root model
     prompt_profile: str = "concise"  # "concise" | "small"
     history_chars: int = 120_000  # root conversation is trimmed to about this many characters
+    # CodeAct mode (bench only, not an RLM argument): these tools become functions the root
+    # model's code calls, and sub-LLM calls are refused. See ctxfold.tools._root.
+    root_tools: tuple[Tool, ...] = ()
 
 
 @dataclass(slots=True)

@@ -8,6 +8,7 @@ slot; nothing here raises into the sandbox.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from ctxfold._run import RunShared
 from ctxfold.models import Completion, Message, Model
 from ctxfold.sandbox import SubcallItem, SubcallRequest
 from ctxfold.tools import ToolOutcome, run_tool_loop
+from ctxfold.tools._root import call_root_tool, preview_arguments
 from ctxfold.trace import SubcallEnd, SubcallStart, ToolCall
 
 # (prompt, context, depth of the child) -> the child run's answer
@@ -46,6 +48,7 @@ class Broker:
         self._shared = shared
         self._depth = depth
         self._run_child = run_child
+        self._tool_calls = itertools.count(1)  # root-visible tool calls (CodeAct mode)
         self._pool = ThreadPoolExecutor(
             max_workers=shared.options.concurrency, thread_name_prefix=f"ctxfold-sub{depth}"
         )
@@ -54,6 +57,12 @@ class Broker:
         """Answer one request from the sandbox. Never raises."""
         if request.kind == "budget":
             return self._shared.meter.remaining()
+        if request.kind == "tool":
+            return [self._guarded(self._tool, item) for item in request.items]
+        if self._shared.options.root_tools:
+            name = "llm_query" if request.kind == "llm" else "rlm_query"
+            why = "sub-calls are disabled in this run (the code has tools instead)"
+            return [error_text(name, why)] * len(request.items)
         one = self._llm if request.kind == "llm" else self._rlm
         if len(request.items) == 1:
             return [self._guarded(one, request.items[0])]
@@ -216,6 +225,30 @@ class Broker:
                 error=error,
             )
         )
+
+    def _tool(self, item: SubcallItem) -> str:
+        """One root-visible tool call from the sandbox (``prompt``: the name, ``context``: the
+        arguments), run only if the run gives code that tool; traced as a ``tool_call``."""
+        shared = self._shared
+        call_id, started = shared.next_id(), time.monotonic()
+        outcome: tuple[str, str | None, dict[str, Any]] = ("", "the run was cancelled", {})
+        if not shared.cancelled.is_set():
+            outcome = call_root_tool(shared.options.root_tools, item.prompt, item.context)
+        result, error, arguments = outcome
+        shared.emit(
+            ToolCall(
+                t=shared.trace.elapsed(),
+                depth=self._depth,
+                call_id=call_id,
+                turn=next(self._tool_calls),
+                tool=item.prompt[:64],
+                arguments=preview_arguments(arguments or item.context),
+                result=result[:_PREVIEW],
+                error=error,
+                latency_s=time.monotonic() - started,
+            )
+        )
+        return result if error is None else error_text(item.prompt[:64], error)
 
     def _rlm(self, item: SubcallItem) -> str:
         child_depth = self._depth + 1

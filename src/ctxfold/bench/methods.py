@@ -5,7 +5,8 @@
 - ``summary``: a summarisation agent that reads the input chunk by chunk, keeping running notes.
 - ``rlm``: a Recursive Language Model.
 - ``rlm_nosub``: an RLM without sub-calls (``Budget(depth=0)``): code alone.
-- ``rlm_tools``, ``agent_bm25``: search tools over the input (see :mod:`.tool_methods`).
+- ``rlm_tools``, ``agent_bm25``, ``codeact_bm25``: search tools over the input (see
+  :mod:`.tool_methods`).
 """
 
 from __future__ import annotations
@@ -191,6 +192,7 @@ METHODS: dict[str, Method] = {
     "rlm_nosub": _rlm(depth=0),
     "rlm_tools": _with_tools("rlm_tools"),
     "agent_bm25": _with_tools("agent_bm25"),
+    "codeact_bm25": _with_tools("codeact_bm25"),
 }
 
 

@@ -5,12 +5,16 @@
 - ``agent_bm25``: the root model itself with those tools in a bounded tool loop: no REPL, no
   sub-calls. It stands where the paper's "CodeAct + BM25" baseline stands, without code
   execution, and is named for what it is.
+- ``codeact_bm25``: the paper's CodeAct + BM25 baseline: the root model writes code in the REPL
+  (``context`` loaded, as in an RLM) and that code calls ``search``/``read``/``grep`` as Python
+  functions; no sub-LLM calls (see :mod:`ctxfold.tools._root`).
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +86,15 @@ def agent_bm25(instance: Instance, root: Model, sub: Model, max_iterations: int)
         cost_usd=sum(u.cost_usd or 0.0 for u in usage),
         iterations=len(usage),
     )
+
+
+def codeact_bm25(instance: Instance, root: Model, sub: Model, max_iterations: int) -> MethodResult:
+    """The root model with a REPL over the input whose code can call search/read/grep; no
+    sub-LLMs."""
+    with tempfile.TemporaryDirectory(prefix="ctxfold-corpus-") as folder:
+        tools = corpus_tools(_write_corpus(instance.context, Path(folder)), cache_dir=folder)
+        rlm = RLM(model=root, sub_model=root, budget=Budget(iterations=max_iterations, depth=0))
+        # root_tools is an engine option, not an RLM argument: the public RLM keeps tools for
+        # sub-LLMs only.
+        rlm._options = replace(rlm._options, root_tools=tuple(tools))
+        return rlm_result(rlm.run(instance.question, instance.context))

@@ -8,14 +8,19 @@ one long-lived thread. It knows nothing of cells.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import json
 import math
 import os
+import py_compile
 import select
+import shutil
 import signal
 import struct
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +35,36 @@ SHUTDOWN_WAIT_S = 1.0
 _SEND_TIMEOUT_S = 10.0  # a worker that does not read its channel for this long is given up
 _T = TypeVar("_T")
 _SPAWNER: list[ThreadPoolExecutor] = []  # one executor, made again in a forked child
+
+
+def compiled_worker(shown_as: str) -> Path | None:
+    """``_worker.py`` compiled to bytecode for this interpreter, once per process and version of
+    the source (a script run from source is compiled at every start: about 7 ms of each worker's
+    start-up), naming ``shown_as`` as its file in tracebacks; ``None`` when it cannot be written
+    (the source is run then). The file is the host's, read-only, in a private directory removed
+    at exit."""
+    try:
+        info = WORKER_PATH.stat()
+    except OSError:
+        return None
+    return _compiled(shown_as, info.st_mtime_ns, info.st_size)
+
+
+@functools.cache
+def _compiled(shown_as: str, mtime_ns: int, size: int) -> Path | None:
+    try:
+        folder = tempfile.mkdtemp(prefix="ctxfold-worker-")
+    except OSError:
+        return None
+    atexit.register(shutil.rmtree, folder, True)
+    target = Path(folder, "_worker.pyc")
+    try:
+        py_compile.compile(str(WORKER_PATH), cfile=str(target), dfile=shown_as, doraise=True)
+        target.chmod(0o444)
+        Path(folder).chmod(0o755)
+    except (OSError, py_compile.PyCompileError):
+        return None
+    return target
 
 
 def spawn(start: Callable[[], _T]) -> _T:
@@ -292,7 +327,8 @@ class WorkerProcess:
             end = offset + HEADER.size + size
             if len(self._buffer) < end:
                 break
-            with contextlib.suppress(ValueError):
+            # A frame that is not JSON is dropped; so is one nested too deeply to decode.
+            with contextlib.suppress(ValueError, RecursionError):
                 messages.append(json.loads(self._buffer[offset + HEADER.size : end]))
             offset = end
         del self._buffer[:offset]
@@ -318,6 +354,7 @@ class WorkerProcess:
 
     def terminate(self) -> int | None:
         """Kill the worker's whole process group and reap it; its exit code."""
+        children = self._children() if self.proc.returncode is None else []
         if self._kill is not None and self.proc.returncode is None:
             self._kill()
         if self.proc.returncode is None:  # not reaped yet, so the group id cannot be reused
@@ -325,7 +362,25 @@ class WorkerProcess:
                 os.killpg(self.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
+        _await_exits(children, SHUTDOWN_WAIT_S)
         return self.proc.returncode
+
+    def _children(self) -> list[int]:
+        """pidfds of the started process's children, when it is a wrapper (bubblewrap): its
+        child is the sandbox's init, which bubblewrap does not wait for (it reports the worker's
+        exit and leaves, and the init, killed with it, may still be on its way out)."""
+        if self._signals_reach_worker:
+            return []
+        try:
+            listed = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text("ascii")
+            pids = [int(p) for p in listed.split()]
+        except (OSError, ValueError):
+            return []
+        fds = []
+        for pid in pids:
+            with contextlib.suppress(OSError, AttributeError):
+                fds.append(os.pidfd_open(pid))
+        return fds
 
     def release(self) -> None:
         """Close the fds and stop the drain thread (after :meth:`terminate`)."""
@@ -339,10 +394,13 @@ class WorkerProcess:
         self.drain.close()
 
     def stop(self) -> None:
-        """Ask the worker to exit, give it a moment, then kill the group and release."""
+        """Ask the worker to exit, give it a moment, then kill the group and release. Returns
+        when every process of the sandbox is gone."""
+        children = self._children()
         if self.send({"op": "shutdown"}):
             self.wait_exit(SHUTDOWN_WAIT_S)
         self.terminate()
+        _await_exits(children, SHUTDOWN_WAIT_S)
         self.release()
 
     def describe_exit(self, code: int | None) -> str:
@@ -350,6 +408,19 @@ class WorkerProcess:
         if self._shifted_exit_codes and code is not None and 128 < code <= 128 + 64:
             code = 128 - code
         return describe_exit(code)
+
+
+def _await_exits(pidfds: list[int], timeout: float) -> None:
+    """Wait (up to ``timeout`` s) until the processes of ``pidfds`` have exited; close them."""
+    deadline = time.monotonic() + timeout
+    try:
+        for fd in pidfds:
+            poll = select.poll()
+            poll.register(fd, select.POLLIN)
+            poll.poll(max(0, math.ceil((deadline - time.monotonic()) * 1000)))
+    finally:
+        for fd in pidfds:
+            os.close(fd)
 
 
 def describe_exit(code: int | None) -> str:

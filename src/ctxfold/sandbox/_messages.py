@@ -1,7 +1,9 @@
 """Reading what the worker sends: every field is checked, nothing is trusted.
 
 Sub-call requests become :class:`SubcallRequest` values for the engine's handler (and its answers
-go back slot by slot); ``result`` messages become the fields of a :class:`CellResult`.
+go back slot by slot); a ``tool`` request (a root-visible tool, see ``ctxfold.tools._root``) is
+carried as an item whose ``prompt`` is the tool's name and ``context`` its arguments; ``result``
+messages become the fields of a :class:`CellResult`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ctxfold.sandbox._base import (
 )
 
 _MAX_ANSWER_CHARS = 4_100_000
+_MAX_TOOL_NAME = 64
 
 
 def serve_call(handler: SubcallHandler, message: dict[str, Any]) -> list[str] | dict[str, Any]:
@@ -30,9 +33,10 @@ def serve_call(handler: SubcallHandler, message: dict[str, Any]) -> list[str] | 
         except Exception as exc:
             return {"error": f"budget() failed: {exc}"}
         return reply if isinstance(reply, dict) else {}
-    if kind not in ("llm", "rlm"):
+    if kind not in ("llm", "rlm", "tool"):
         return ["Error: unknown kind of sub-call"] * len(items)
-    slots = [_parse_item(item, kind) for item in items]
+    parse = _parse_tool_call if kind == "tool" else lambda item: _parse_item(item, kind)
+    slots = [parse(item) for item in items]
     valid = [slot for slot in slots if isinstance(slot, SubcallItem)]
     answers: list[str] = []
     if valid:
@@ -68,6 +72,19 @@ def _parse_item(item: Any, kind: str) -> SubcallItem | str:
         return "Error: invalid sub-call item"
     context = item.get("context") if kind == "rlm" else None
     return SubcallItem(prompt=item["prompt"], system=system, model=model, context=context)
+
+
+def _parse_tool_call(item: Any) -> SubcallItem | str:
+    """A ``tool`` item ``{"name", "arguments"}``, carried as ``SubcallItem(prompt=name,
+    context=arguments)``; the broker checks the name and the arguments against the run's tools."""
+    if not isinstance(item, dict):
+        return "[error: invalid tool call]"
+    name, arguments = item.get("name"), item.get("arguments")
+    if not isinstance(name, str) or not name or len(name) > _MAX_TOOL_NAME:
+        return "[error: invalid tool call: bad tool name]"
+    if not isinstance(arguments, dict):
+        return f"[error: {name}: arguments must be a dict]"
+    return SubcallItem(prompt=name, context=arguments)
 
 
 def _as_answers(reply: Any, count: int) -> list[str]:

@@ -11,10 +11,19 @@ fd 2 (the drained stream) before any model code runs.
 ``LIMITS`` (JSON) are the resource limits the worker sets on itself at start-up, and the ``uid`` a
 worker started as root drops to after loading its inputs (see ``sandbox/_isolation.py``).
 
+The worker says ``started`` once it is set up, then waits for ``init`` (a spare worker waits there
+until a sandbox adopts it, see ``sandbox/_spare.py``), answers ``ready``, and serves cells.
+
 Threads: a reader thread owns the channel's read side. ``reply`` messages complete pending
 sub-calls (so threads in model code may call ``llm_query`` at once); ``exec`` and ``shutdown`` go
 to a queue served by the main thread, where cells run (so the host's SIGINT interrupts a cell).
+
+Tools: when a run gives the root model's code tools (``ctxfold.tools._root``), the host's first
+cell calls ``_define_tools``; each tool's function sends a ``call`` of kind ``tool`` with one item
+``{"name", "arguments"}`` and returns the host's answer (a result or an ``[error: ...]`` text).
 """
+
+from __future__ import annotations
 
 import ast
 import builtins
@@ -24,22 +33,27 @@ import json
 import linecache
 import mmap
 import os
-import queue
 import resource
 import signal
 import struct
 import sys
 import threading
 import time
-import traceback
+import traceback  # at start-up: a cell that used up every fd must still get its traceback
 import types
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from _queue import SimpleQueue
+
+# Imported for the type checker only: each import is start-up time of every worker.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+    from typing import Any
 
 _HEADER = struct.Struct(">I")
 _MMAP_MIN_BYTES = 64 * 1024 * 1024  # text files at least this big are decoded from an mmap
 _MAX_SEND = 48 * 1024 * 1024  # one outgoing frame (the host refuses frames over 64 MiB)
 _MAX_ANSWER_CHARS = 4_000_000
+_MAX_TOOL_BYTES = 1024 * 1024  # one tool call's arguments (the host allows far less)
 _ASYNC_FLAGS = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
 _NOBODY = 65534
 _MIB = 1024 * 1024
@@ -193,7 +207,7 @@ class _Channel:
         self._pending: dict[int, _Pending] = {}
         self._pending_lock = threading.Lock()
         self._next_id = 0
-        self.inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self.inbox: SimpleQueue[dict[str, Any]] = SimpleQueue()
 
     def send(self, message: dict[str, Any]) -> None:
         """Send one message (thread-safe)."""
@@ -335,6 +349,63 @@ def _size_note(value: Any) -> str:
         return ""
 
 
+def _bind_tool_arguments(
+    params: list[str], required: list[str], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any] | str:
+    """The arguments of one tool call by parameter name, or what is wrong with the call."""
+    if len(args) > len(params):
+        return f"takes at most {len(params)} positional arguments ({len(args)} given)"
+    arguments = dict(zip(params, args, strict=False))
+    for key, value in kwargs.items():
+        if key not in params:
+            return f"unexpected keyword argument {key!r}; it takes: {', '.join(params)}"
+        if key in arguments:
+            return f"got multiple values for argument {key!r}"
+        arguments[key] = value
+    missing = [p for p in required if p not in arguments]
+    if missing:
+        return f"missing argument {missing[0]!r}"
+    return arguments
+
+
+def _tool_function(worker: _Worker, spec: Any) -> Callable[..., str]:
+    """The sandbox function of one tool: it sends a ``tool`` call to the host, which checks the
+    arguments again and runs the tool there. Every failure is returned as an error string."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise ValueError("bad tool spec")
+    name = spec["name"]
+    if not name.isidentifier() or name.startswith("_"):
+        raise ValueError(f"bad tool name {name!r}")
+    params = [str(p) for p in spec.get("params") or []]
+    required = [str(p) for p in spec.get("required") or []]
+
+    def tool(*args: Any, **kwargs: Any) -> str:
+        arguments = _bind_tool_arguments(params, required, args, kwargs)
+        if isinstance(arguments, str):
+            return f"[error: {name}: {arguments}]"
+        try:
+            data = _dumps(
+                {"name": name, "arguments": arguments},
+                ensure_ascii=False,
+                allow_nan=False,
+                separators=(",", ":"),
+            )
+        except (TypeError, ValueError, RecursionError) as exc:
+            return (
+                f"[error: {name}: arguments must be plain values (str, int, float, bool, list, "
+                f"dict): {str(exc)[:200]}]"
+            )
+        encoded = data.encode("utf-8", "replace")
+        if len(encoded) > _MAX_TOOL_BYTES:
+            return f"[error: {name}: arguments too large ({len(encoded):,} bytes)]"
+        reply = worker.call("tool", [encoded])[0]
+        return reply if isinstance(reply, str) else f"[error: {name}: bad reply]"
+
+    tool.__name__ = tool.__qualname__ = name
+    tool.__doc__ = str(spec.get("doc") or "")
+    return tool
+
+
 def _no_input(prompt: object = "") -> str:
     """input() is not available: nobody is there to type. Compute the value in code instead."""
     raise RuntimeError("input() is not available in the sandbox: there is no user to type")
@@ -351,6 +422,7 @@ class _Worker:
         self.ns: dict[str, Any] = self._module.__dict__
         self._answer: dict[str, Any] = {"content": "", "ready": False}
         self._scaffold: dict[str, Any] = {}
+        self._tools: set[str] = set()
         self._builtins = dict(vars(builtins))
 
     # ---- setup ----
@@ -375,6 +447,20 @@ class _Worker:
     @property
     def scaffold_names(self) -> list[str]:
         return list(self._scaffold)
+
+    def define_tools(self, specs: Any) -> list[str]:
+        """Make one function per tool spec (the host's set-up cell calls this when the run gives
+        code tools); they are scaffold from then on. Returns their names."""
+        made = []
+        for spec in specs if isinstance(specs, list) else []:
+            fn = _tool_function(self, spec)
+            name = fn.__name__
+            if name == "answer" or (name in self._scaffold and name not in self._tools):
+                raise ValueError(f"a tool cannot replace {name!r}")
+            self._tools.add(name)
+            self._scaffold[name] = self.ns[name] = fn
+            made.append(name)
+        return made
 
     def call(self, kind: str, items: list[bytes]) -> list[Any]:
         return self._channel.call(kind, items)
@@ -641,7 +727,21 @@ def _make_functions(worker: _Worker) -> list[Callable[..., Any]]:
         ]
         print("\n".join(rows) if rows else "(no variables yet)")
 
-    return [llm_query, llm_batch, rlm_query, rlm_batch, FINAL, FINAL_VAR, budget, SHOW_VARS]
+    def _define_tools(specs: str) -> None:
+        """Used by the host to give this run's code its tools (JSON specs); not for model code."""
+        worker.define_tools(_loads(specs))
+
+    return [
+        llm_query,
+        llm_batch,
+        rlm_query,
+        rlm_batch,
+        FINAL,
+        FINAL_VAR,
+        budget,
+        SHOW_VARS,
+        _define_tools,
+    ]
 
 
 def _channel_fds(argv: list[str]) -> tuple[int, int, list[str]]:
@@ -730,6 +830,7 @@ def main(argv: list[str]) -> None:
     worker = _Worker(channel)
     signal.signal(signal.SIGINT, _INTERRUPTS.handler)
     threading.Thread(target=channel.read_forever, name="ctxfold-channel", daemon=True).start()
+    channel.send({"op": "started"})  # imports done: a spare worker is warm from here on
     first = channel.inbox.get()
     uid: int | None = None
     try:

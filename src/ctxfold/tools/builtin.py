@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import os
-import re
+import time
 from pathlib import Path
+
+# `regex` (a dependency of tiktoken), not `re`: a pattern with catastrophic backtracking can be
+# stopped by a timeout, and matching releases the GIL (an `re` match holds it until it ends,
+# freezing the whole host, whatever the tool's timeout).
+import regex  # type: ignore[import-untyped]
 
 from ctxfold.tools._tool import Tool
 from ctxfold.tools.search import Corpus
 
 MAX_READ = 20_000
 MAX_GREP_HITS = 50
+GREP_SECONDS = 10.0  # all the matching of one grep call
 _LINE_CHARS = 200
 
 
@@ -56,13 +62,21 @@ class CorpusTools:
             pattern: a Python regular expression.
             path: only documents whose id starts with this (empty for all).
         """
-        regex = re.compile(pattern, re.IGNORECASE)
+        compiled = regex.compile(pattern, regex.IGNORECASE)
+        deadline = time.monotonic() + GREP_SECONDS
         found: list[str] = []
         for doc_id, text in self.corpus.docs.items():
             if path and not doc_id.startswith(path):
                 continue
             for number, line in enumerate(text.splitlines(), 1):
-                if regex.search(line):
+                try:
+                    hit = compiled.search(
+                        line, timeout=max(deadline - time.monotonic(), 0.001), concurrent=True
+                    )
+                except TimeoutError:
+                    stop = f"(stopped: the pattern took over {GREP_SECONDS:g} s; use a simpler one)"
+                    return "\n".join([*found, stop])
+                if hit:
                     found.append(f"{doc_id}:{number}: {line.strip()[:_LINE_CHARS]}")
                     if len(found) >= MAX_GREP_HITS:
                         return "\n".join([*found, f"(stopped at {MAX_GREP_HITS} matches)"])

@@ -1,0 +1,248 @@
+"""Tools called by the root model's own code: the CodeAct + BM25 baseline of ``ctxfold bench``.
+
+ctxfold gives tools to sub-LLMs only. One internal mode, ``EngineOptions.root_tools`` (set by the
+bench's ``codeact_bm25`` method; not an ``RLM`` argument), gives them to the root model's code
+instead, and no sub-LLM calls: each tool becomes a sandbox function of the same name
+(``search("..." , k=5)``) that sends a ``tool`` request over the worker's channel. The broker
+answers it with :func:`call_root_tool`, which runs the tool on the host in a thread with the
+tool's timeout. Everything the sandbox sends is hostile: only the run's named tools can be
+reached, arguments must match the tool's JSON schema, and their sizes are bounded. A failure comes
+back to the code as an ``[error: ...]`` string, never as an exception in the host.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import keyword
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from ctxfold.errors import CtxfoldError
+from ctxfold.sandbox import CellResult, ContextSpec, Sandbox, SubcallHandler
+from ctxfold.tools._loop import run_tool
+from ctxfold.tools._tool import Tool
+
+MAX_STRING = 10_000  # characters of one string argument
+MAX_ARGUMENTS = 100_000  # characters of all the arguments of one call, as JSON
+RESULT_CHARS = 50_000  # characters of a result handed back to the code (the rest is cut)
+_MAX_INT = 2**53
+_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "array": (list,),
+    "object": (dict,),
+}
+_SCAFFOLD = frozenset(
+    {
+        "context",
+        "answer",
+        "llm_query",
+        "llm_batch",
+        "rlm_query",
+        "rlm_batch",
+        "FINAL",
+        "FINAL_VAR",
+        "budget",
+        "SHOW_VARS",
+    }
+)
+_CONTEXT_N = re.compile(r"^context_\d+$")
+
+
+def check_root_tools(tools: Sequence[Tool]) -> tuple[Tool, ...]:
+    """``tools`` as a tuple, after checking their names can be sandbox functions.
+
+    Raises:
+        CtxfoldError: a name is a keyword, a builtin, a scaffold name, or used twice.
+    """
+    names: set[str] = set()
+    for tool in tools:
+        name = tool.name
+        if (
+            keyword.iskeyword(name)
+            or hasattr(builtins, name)
+            or name in _SCAFFOLD
+            or _CONTEXT_N.match(name)
+            or name.startswith("_")
+        ):
+            raise CtxfoldError(f"tool name {name!r} cannot be a sandbox function")
+        if name in names:
+            raise CtxfoldError(f"two tools share the name {name!r}")
+        names.add(name)
+    return tuple(tools)
+
+
+def code_tools_text(tools: Sequence[Tool]) -> str:
+    """The root prompt's lines on the functions its code may call (``""`` when none)."""
+    lines = []
+    for tool in tools:
+        description = " ".join(tool.description.split())
+        lines.append(f"- `{tool.signature()} -> str`: {description}".rstrip(": "))
+    return "".join(f"{line}\n" for line in lines)
+
+
+def setup_code(tools: Sequence[Tool]) -> str:
+    """The cell that defines the tools' functions in the sandbox (see ``_worker.py``)."""
+    specs = []
+    for tool in tools:
+        properties = tool.parameters.get("properties", {})
+        doc = [f"{tool.signature()} -> str", "", tool.description]
+        doc += [
+            f"    {name}: {schema['description']}"
+            for name, schema in properties.items()
+            if schema.get("description")
+        ]
+        specs.append(
+            {
+                "name": tool.name,
+                "params": list(properties),
+                "required": list(tool.parameters.get("required", [])),
+                "doc": "\n".join(doc).strip(),
+            }
+        )
+    return f"_define_tools({json.dumps(specs, ensure_ascii=True)!r})"
+
+
+def check_arguments(tool: Tool, arguments: Any) -> dict[str, Any] | str:
+    """``arguments`` if they fit ``tool``'s schema and the size bounds, else what is wrong."""
+    if not isinstance(arguments, dict):
+        return "arguments must be a dict"
+    try:
+        size = len(json.dumps(arguments, ensure_ascii=False, allow_nan=False))
+    except (TypeError, ValueError, RecursionError):
+        return "arguments must be plain JSON values (finite numbers, not too deeply nested)"
+    if size > MAX_ARGUMENTS:
+        return f"arguments too large ({size:,} characters; at most {MAX_ARGUMENTS:,})"
+    properties: dict[str, Any] = tool.parameters.get("properties", {})
+    unknown = [str(k)[:40] for k in arguments if k not in properties]
+    if unknown:
+        return f"unexpected argument {unknown[0]!r}; it takes: {', '.join(properties) or 'none'}"
+    missing = [k for k in tool.parameters.get("required", []) if k not in arguments]
+    if missing:
+        return f"missing argument {missing[0]!r}"
+    checked: dict[str, Any] = {}
+    for name, value in arguments.items():
+        fitted = _fit(value, properties[name])
+        if isinstance(fitted, _Wrong):
+            return f"argument {name!r} {fitted.why}"
+        checked[name] = fitted
+    return checked
+
+
+class _Wrong:
+    __slots__ = ("why",)
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+def _fit(value: Any, schema: dict[str, Any]) -> Any:
+    """``value`` as ``schema`` wants it (a whole float becomes an int), or a :class:`_Wrong`."""
+    if isinstance(value, str) and len(value) > MAX_STRING:
+        return _Wrong(f"is too long ({len(value):,} characters; at most {MAX_STRING:,})")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _MAX_INT:
+        return _Wrong("is out of range")
+    if "enum" in schema and value not in schema["enum"]:
+        return _Wrong(f"must be one of {schema['enum']!r}")
+    if "anyOf" in schema:
+        options = [_fit(value, option) for option in schema["anyOf"]]
+        good = [o for o in options if not isinstance(o, _Wrong)]
+        return good[0] if good else _Wrong("has the wrong type")
+    kind = schema.get("type")
+    if not isinstance(kind, str) or kind not in _TYPES:
+        return value  # no type in the schema: any JSON value (already bounded in size)
+    if kind in ("integer", "number") and isinstance(value, float) and value.is_integer():
+        value = int(value) if kind == "integer" else value
+    if isinstance(value, bool) and kind != "boolean":
+        return _Wrong(f"must be of type {kind}, not bool")
+    if not isinstance(value, _TYPES[kind]):
+        return _Wrong(f"must be of type {kind}, not {_json_type(value)}")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    for name, types in _TYPES.items():
+        if isinstance(value, types) and not (isinstance(value, bool) and name != "boolean"):
+            return name
+    return "null" if value is None else type(value).__name__
+
+
+def call_root_tool(
+    tools: Sequence[Tool], name: str, arguments: Any
+) -> tuple[str, str | None, dict[str, Any]]:
+    """Run the tool called ``name`` (one of ``tools``, nothing else) with ``arguments``.
+
+    Returns ``(result, error or None, the arguments as checked)``; never raises.
+    """
+    by_name = {t.name: t for t in tools}
+    tool = by_name.get(name)
+    if tool is None:
+        known = ", ".join(by_name) if by_name else "none in this run"
+        return "", f"no tool named {name[:64]!r}; the tools are: {known}", {}
+    checked = check_arguments(tool, arguments)
+    if isinstance(checked, str):
+        return "", checked, {}
+    result, error = run_tool(tool, checked, RESULT_CHARS)
+    return result, error, checked
+
+
+def preview_arguments(arguments: Any, limit: int = 200) -> dict[str, Any]:
+    """A small copy of a call's arguments for the trace (long strings and big values cut)."""
+    if not isinstance(arguments, dict):
+        return {}
+    preview: dict[str, Any] = {}
+    for key, value in list(arguments.items())[:10]:
+        if isinstance(value, str | int | float | bool) or value is None:
+            small = value[:limit] if isinstance(value, str) else value
+        else:
+            try:
+                small = json.dumps(value, allow_nan=False)[:limit]
+            except (TypeError, ValueError, RecursionError):
+                small = "<not JSON>"
+        preview[str(key)[:64]] = small
+    return preview
+
+
+class RootToolSandbox:
+    """A sandbox whose code has the tools' functions: they are defined when it starts and again
+    whenever a fresh worker replaces a dead one. Everything else is the wrapped sandbox's."""
+
+    def __init__(self, inner: Sandbox, tools: Sequence[Tool]) -> None:
+        self._inner = inner
+        self._tools = tuple(tools)
+        self._setup = ""  # the set-up cell, made (and the tool names checked) by start()
+        self.isolation = inner.isolation
+
+    def __getattr__(self, name: str) -> Any:  # e.g. scratch_dir, worker_pid
+        if name in ("_inner", "_tools", "_setup"):
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+    def start(
+        self, contexts: Sequence[ContextSpec], handler: SubcallHandler, *, output_limit: int = 8000
+    ) -> None:
+        self._setup = setup_code(check_root_tools(self._tools))
+        self._inner.start(contexts, handler, output_limit=output_limit)
+        cell = self._inner.execute(self._setup, timeout=60)
+        if cell.error:
+            raise CtxfoldError(f"could not define the tools in the sandbox: {cell.error[-300:]}")
+
+    def execute(self, code: str, *, timeout: float | None = None) -> CellResult:
+        cell = self._inner.execute(code, timeout=timeout)
+        if cell.restarted:
+            again = self._inner.execute(self._setup, timeout=60)
+            if again.error:
+                cell.stderr += f"\n[ctxfold] the tools could not be defined again: {again.error}"
+        return cell
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def demo_fits(tools: Sequence[Tool]) -> bool:
+    """Whether the CodeAct demonstration (which calls ``search`` and ``read``) fits ``tools``."""
+    return {"search", "read"} <= {t.name for t in tools}
