@@ -25,6 +25,7 @@ from ctxfold.errors import CtxfoldError
 from ctxfold.models import Message
 from ctxfold.sandbox import AnswerState, Sandbox, SubcallHandler
 from ctxfold.tools import root_tools_note
+from ctxfold.tools._root import RootToolSandbox, code_tools_text, demo_fits
 from ctxfold.trace import (
     AnswerUpdate,
     BudgetStop,
@@ -38,6 +39,10 @@ from ctxfold.trace import (
 
 _UNSET_READY = 'answer["ready"] = False'
 _ELIDED = "[elided: an older output, to save space]"
+
+
+def _code_key(code: str) -> str:
+    return " ".join(code.split())
 
 
 @dataclass(slots=True)
@@ -65,6 +70,7 @@ class _Loop:
     ready_refused: bool = False  # the early-ready guard fires once per run at most
     consecutive_errors: int = 0
     stop_reason: str | None = None
+    cells_run: dict[str, int] = field(default_factory=dict)  # normalised code -> turn it ran
 
 
 class _Starting:
@@ -109,6 +115,8 @@ class Engine:
         With ``replay``, the recorded turns of a killed run are replayed first (see _resume.py).
         """
         sandbox = self._shared.make_sandbox()
+        if self._shared.options.root_tools:  # CodeAct mode: the tools are functions in the REPL
+            sandbox = RootToolSandbox(sandbox, self._shared.options.root_tools)
         broker = Broker(self._shared, self._depth, self._run_child)
         handler = broker.handle if replay is None else ReplayHandler(replay.answers, broker.handle)
         # The sandbox starts while the first root call is made: neither waits for the other.
@@ -160,12 +168,18 @@ class Engine:
             sub_window=sub_window,
             sub_calls=self._shared.budget.depth > 0,
             tools_note=root_tools_note(self._shared.tools) if self._shared.budget.depth > 0 else "",
+            code_tools=code_tools_text(opts.root_tools),
         )
         task = prompts.task_message(
             question, [(n, c.description) for n, c in zip(names, contexts, strict=True)]
         )
         messages: list[Message] = [{"role": "system", "content": system}]
-        demo = prompts.demonstration(opts.prompt_profile)
+        demo = prompts.demonstration(
+            opts.prompt_profile,
+            question=question,
+            sub_calls=self._shared.budget.depth > 0,
+            code_tools=demo_fits(opts.root_tools),
+        )
         if demo:
             messages += demo[:-1]
             task = f"{demo[-1]['content']}\n\n{task}"
@@ -235,6 +249,15 @@ class Engine:
             self._guard(loop, "no code in the reply")
             self._tell(loop, prompts.NO_CODE)
             return
+        repeated = self._repeated_turn(loop, blocks)
+        if (
+            repeated is not None
+        ):  # small models loop on one cell; running it again shows nothing new
+            self._guard(loop, f"code repeated from turn {repeated}")
+            self._tell(
+                loop, prompts.REPEATED_CODE.format(turn=repeated) + self._turns_left_note(loop)
+            )
+            return
         cells = []
         for index, code in enumerate(blocks):
             cell = sandbox.execute(code, timeout=self._shared.budget.cell_seconds)
@@ -242,6 +265,7 @@ class Engine:
             self._record_cell(loop, index, code, cell)
             if cell.answer.ready and not (loop.seen_output or loop.ready_refused):
                 self._refuse_ready(sandbox, loop, cell)
+                loop.cells_run.pop(_code_key(code), None)  # sending it again is the confirmation
             if cell.answer.ready or self._too_many_errors(loop, cell):
                 break
         loop.seen_output = loop.seen_output or any(c.stdout.strip() for c in cells)
@@ -250,6 +274,16 @@ class Engine:
             return
         feedback = describe_cells(cells, cell_seconds=self._shared.budget.cell_seconds)
         self._tell(loop, feedback + self._turns_left_note(loop))
+
+    def _repeated_turn(self, loop: _Loop, blocks: list[str]) -> int | None:
+        """The turn that already ran every block of this reply, if one did; records the blocks."""
+        keys = [_code_key(code) for code in blocks]
+        earlier = [loop.cells_run.get(key) for key in keys]
+        if all(turn is not None for turn in earlier):
+            return max(turn for turn in earlier if turn is not None)
+        for key in keys:
+            loop.cells_run.setdefault(key, loop.turn)
+        return None
 
     def _tell(self, loop: _Loop, content: str) -> None:
         """Send the root model a user message after its turn (recorded for resume)."""
@@ -267,6 +301,7 @@ class Engine:
             loop.messages.append({"role": "user", "content": turn.feedback or ""})
             for code in turn.cells:
                 sandbox.execute(code, timeout=timeout)
+                loop.cells_run.setdefault(_code_key(code), turn.turn)
             loop.seen_output = loop.seen_output or turn.printed
         sandbox.execute(_UNSET_READY, timeout=timeout)
         loop.answer = AnswerState(replay.answer.content, False)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from string import Template
@@ -25,11 +27,21 @@ def system_prompt(
     sub_window: int,
     sub_calls: bool = True,
     tools_note: str = "",
+    code_tools: str = "",
 ) -> str:
     """The root system prompt of a profile (``"concise"`` for strong models, ``"small"``).
 
     ``sub_calls=False`` leaves out the sub-LLM functions (a run with ``Budget(depth=0)``).
+    ``code_tools`` (lines documenting functions the code may call, see ``ctxfold.tools._root``)
+    selects the CodeAct prompt instead: those functions, no sub-LLMs.
     """
+    if code_tools:
+        name = "codeact_small.md" if profile == "small" else "codeact.md"
+        return Template(_text(name)).substitute(
+            context_summary=context_summary,
+            output_limit=f"{output_limit:,}",
+            code_tools=code_tools,
+        )
     name = "system_small.md" if profile == "small" else "system.md"
     snippets = json.loads(_text("subcalls.json"))[profile]
     on = "" if sub_calls else "off_"
@@ -44,27 +56,75 @@ def system_prompt(
     )
 
 
-def demonstration(profile: str) -> list[Message]:
-    """Prior chat turns that show a worked exchange (only the ``small`` profile has them)."""
+def demonstration(
+    profile: str, *, question: str = "", sub_calls: bool = True, code_tools: bool = False
+) -> list[Message]:
+    """Prior chat turns that show a worked exchange (only the ``small`` profile has them).
+
+    Small models copy the demonstration they are shown, so the one shown is the one nearest to
+    ``question`` (see :func:`pick_demonstration`). ``code_tools``: the CodeAct one, which calls
+    ``search`` and ``read``.
+    """
     if profile != "small":
         return []
-    turns: list[Message] = json.loads(_text("demo_small.json"))
-    return turns
+    if code_tools:
+        codeact: list[Message] = json.loads(_text("demo_codeact_small.json"))
+        return codeact
+    return pick_demonstration(question, sub_calls=sub_calls).turns
+
+
+@dataclass(frozen=True, slots=True)
+class Demonstration:
+    """A worked exchange for small root models, shown as prior chat turns."""
+
+    name: str
+    keywords: tuple[str, ...]  # words of a question that select it
+    needs_subcalls: bool  # it calls llm_batch: not shown when a run has no sub-LLMs
+    turns: list[Message]
+
+
+@cache
+def demonstrations() -> tuple[Demonstration, ...]:
+    """The small profile's demonstrations; the first is the default."""
+    return tuple(
+        Demonstration(d["name"], tuple(d["keywords"]), d["needs_subcalls"], d["turns"])
+        for d in json.loads(_text("demos_small.json"))
+    )
+
+
+def pick_demonstration(question: str, *, sub_calls: bool = True) -> Demonstration:
+    """The demonstration whose keywords appear most in ``question`` (ties: the earlier one)."""
+    text = question.lower()
+    usable = [d for d in demonstrations() if sub_calls or not d.needs_subcalls]
+    return max(usable, key=lambda d: sum(1 for k in d.keywords if _has_word(text, k)))
+
+
+def _has_word(text: str, phrase: str) -> bool:
+    return re.search(rf"\b{re.escape(phrase)}\b", text) is not None
 
 
 def task_message(question: str, descriptions: list[tuple[str, str]]) -> str:
-    """The first user message: the question and a fixed-size description of each input."""
-    lines = [f"Question: {question}", ""]
-    lines += [f"`{name}`: {description}" for name, description in descriptions]
+    """The first user message: a fixed-size description of each input, then the question.
+
+    The question comes last, nearest to the reply: small models otherwise take their search words
+    from the input's preview.
+    """
+    lines = [f"`{name}`: {description}" for name, description in descriptions]
     if len(descriptions) > 1:
         lines.append("(`context` is `context_0`.)")
-    lines += ["", "Start by looking at the data with code."]
+    lines += ["", f"Question: {question}", "", "Start by looking at the data with code."]
     return "\n".join(lines)
 
 
 NO_CODE = (
     "Your reply had no ```python code block, so nothing ran. Reply with Python code in a "
     '```python block. To finish, set answer["content"] and then answer["ready"] = True in code.'
+)
+
+REPEATED_CODE = (
+    "This is the same code you ran at turn {turn}; it would print the same output again, so it "
+    "was not run. Write different code: search for another or a shorter word of the question, "
+    "or look at another part of the data."
 )
 
 FINAL_REQUEST = (

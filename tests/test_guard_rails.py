@@ -1,0 +1,98 @@
+"""Guard rails and demonstrations for small root models (issue 7)."""
+
+from __future__ import annotations
+
+import ast
+
+import pytest
+
+import ctxfold
+from ctxfold import prompts
+from ctxfold.models import Message, ScriptedModel
+from ctxfold.trace import Cell, Guard
+
+
+def code(src: str) -> str:
+    return f"```python\n{src}\n```"
+
+
+def test_repeated_code_is_not_run_again_and_the_model_is_told() -> None:
+    seen: list[str] = []
+    search = 'hits = [l for l in context.split("\\n") if "needle phrase" in l]\nprint(len(hits))'
+
+    def root(messages: list[Message]) -> str:
+        seen.append(messages[-1]["content"])
+        if len(seen) <= 2:  # the same cell twice, with only whitespace changed the second time
+            return code(search if len(seen) == 1 else search.replace(" if", "  if"))
+        if len(seen) == 3:
+            return code('print("needle" in context)')
+        return code('answer["content"] = "found"\nanswer["ready"] = True')
+
+    rlm = ctxfold.RLM(model=ScriptedModel(root), prompt_profile="small")
+    result = rlm.run("Where is the needle?", context="hay\nhay with a needle\nhay")
+    assert result.ready and result.answer == "found"
+    assert len(result.trace.of_type(Cell)) == 3  # the repeat did not run
+    assert "same code you ran at turn 1" in seen[2]
+    guards = [g.reason for g in result.trace.of_type(Guard)]
+    assert guards == ["code repeated from turn 1"]
+
+
+def test_a_refused_ready_may_be_sent_again_unchanged() -> None:
+    final = code('answer["content"] = "42"\nanswer["ready"] = True')
+    rlm = ctxfold.RLM(model=ScriptedModel([final, final]))
+    result = rlm.run("q", context="data")
+    assert result.ready and result.answer == "42" and result.iterations == 2
+
+
+@pytest.mark.parametrize(
+    ("question", "sub_calls", "expected"),
+    [
+        ("What is the special magic number for brave-lantern?", True, "search"),
+        ("How many instances have the label 'entity'?", True, "count"),
+        ("Which label is the least common among all the instances?", True, "count"),
+        ("Which label is the least common among all the instances?", False, "search"),
+        ("Which class defines the method `joinpath`?", True, "code"),
+        ("Which other file calls it?", False, "code"),
+        ("", True, "search"),
+    ],
+)
+def test_the_demonstration_nearest_to_the_question_is_picked(
+    question: str, sub_calls: bool, expected: str
+) -> None:
+    assert prompts.pick_demonstration(question, sub_calls=sub_calls).name == expected
+
+
+@pytest.mark.parametrize("demo", prompts.demonstrations(), ids=lambda d: d.name)
+def test_demonstrations_are_well_formed(demo: prompts.Demonstration) -> None:
+    roles = [t["role"] for t in demo.turns]
+    assert roles == ["user", "assistant"] * (len(roles) // 2) + ["user"]
+    assert demo.turns[0]["content"].startswith("`context`: ")  # as the task message: question last
+    assert "\n\nQuestion: " in demo.turns[0]["content"]
+    assert demo.turns[-1]["content"] == "Done. New task."
+    blocks = [b for t in demo.turns if t["role"] == "assistant" for b in _blocks(t["content"])]
+    for block in blocks:
+        ast.parse(block)  # every demonstrated cell is valid Python
+    assert 'answer["ready"] = True' in blocks[-1]
+    assert ("llm_batch" in "".join(blocks)) == demo.needs_subcalls
+
+
+def test_the_root_is_shown_the_picked_demonstration() -> None:
+    first: list[list[Message]] = []
+
+    def root(messages: list[Message]) -> str:
+        first.append(list(messages))
+        return code('print(1)\nanswer["content"] = "3"\nanswer["ready"] = True')
+
+    rlm = ctxfold.RLM(model=ScriptedModel(root), prompt_profile="small")
+    rlm.run("How many lines mention cats?", context="cat\ndog\ncat")
+    shown = "\n".join(m["content"] for m in first[0])
+    assert "llm_batch(prompts)" in shown and "support tickets" in shown
+    assert "spring sale" not in shown
+    task = first[0][-1]["content"]
+    assert task.startswith("Done. New task.\n\n`context`: ")
+    assert "Question: How many lines mention cats?" in task.splitlines()[-3]
+
+
+def _blocks(text: str) -> list[str]:
+    parts = text.split("```python\n")[1:]
+    return [p.split("\n```")[0] for p in parts]
