@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import worker_children
 from ctxfold.testing.fake_openai import FakeOpenAIServer
 
@@ -94,6 +96,52 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("ctxfold: error:"), (args, proc.stderr)
         assert "Traceback" not in proc.stderr
+
+
+def test_bench_ray_cpus_is_checked_before_anything_runs(tmp_path: Path) -> None:
+    out = str(tmp_path / "bench")
+    cases = [
+        (("--executor", "ray", "--ray-cpus", "0"), "--ray-cpus must be 1 or more"),
+        (("--executor", "ray", "--ray-cpus", "-3"), "--ray-cpus must be 1 or more"),
+        (("--executor", "ray", "--ray-cpus", "two"), "--ray-cpus: invalid int value"),
+        (("--ray-cpus", "2"), "--ray-cpus goes with --executor ray"),
+        (("--executor", "local", "--ray-cpus", "2"), "--ray-cpus goes with --executor ray"),
+        (
+            ("--executor", "ray", "--ray-address", "127.0.0.1:9", "--ray-cpus", "2"),
+            "a cluster given by --ray-address uses its own CPUs",
+        ),
+    ]
+    for extra, message in cases:
+        proc = ctxfold("bench", "math", "--n", "1", "--lengths", "1000", "--out", out, *extra)
+        assert proc.returncode == 2, (extra, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("ctxfold: error:"), (extra, proc.stderr)
+        assert message in lines[0], (extra, proc.stderr)
+    assert not (tmp_path / "bench").exists()
+
+
+def test_bench_ray_cpus_reaches_run_bench(tmp_path: Path, monkeypatch) -> None:
+    """In process, with ``run_bench`` replaced: no Ray is started."""
+    import ctxfold.bench
+    from ctxfold.cli import main
+
+    seen: dict[str, object] = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_run_bench(spec: object, out: Path, **kwargs: object) -> None:
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(ctxfold.bench, "run_bench", fake_run_bench)
+    args = ["bench", "math", "--n", "1", "--lengths", "1000", "--out", str(tmp_path), "-q"]
+    with pytest.raises(Stop):
+        main([*args, "--executor", "ray", "--ray-cpus", "3"])
+    assert seen["executor"] == "ray" and seen["ray_cpus"] == 3
+    with pytest.raises(Stop):
+        main([*args, "--executor", "ray"])
+    assert seen["ray_cpus"] is None
 
 
 def test_binary_stdin_is_refused() -> None:

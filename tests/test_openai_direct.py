@@ -19,7 +19,7 @@ import pytest
 
 from ctxfold.errors import ModelError
 from ctxfold.models import OpenAIModel, RetryPolicy
-from ctxfold.models.openai_compat import _Direct
+from ctxfold.models._http import DirectHTTP
 
 _NO_RETRY = RetryPolicy(max_attempts=1)
 _BODY = json.dumps(
@@ -215,8 +215,10 @@ def test_the_http_client_is_used_with_a_proxy_or_odd_headers(
 def test_https_uses_the_http_client() -> None:
     import httpx2
 
-    assert _Direct.for_url(httpx2.URL("https://api.example.com/v1/chat/completions"), {}) is None
-    direct = _Direct.for_url(httpx2.URL("http://[::1]:8000/v1/chat/completions"), {"A": "b"})
+    https = httpx2.URL("https://api.example.com/v1/chat/completions")
+    assert DirectHTTP.for_url(https, {}, max_idle=1) is None
+    plain = httpx2.URL("http://[::1]:8000/v1/chat/completions")
+    direct = DirectHTTP.for_url(plain, {"A": "b"}, max_idle=1)
     assert direct is not None and direct._head.startswith(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: [::1]:8000\r\nA: b\r\n"
     )

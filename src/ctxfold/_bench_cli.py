@@ -24,8 +24,24 @@ def _ints(text: str | None) -> tuple[int, ...]:
         raise CtxfoldError(f"--lengths takes numbers like 8000,32k,1m; got {text!r}") from None
 
 
+def _check_ray_cpus(args: argparse.Namespace) -> None:
+    """``--ray-cpus`` sizes the local Ray that ``--executor ray`` starts, and nothing else."""
+    if args.ray_cpus is None:
+        return
+    if args.executor != "ray":
+        raise CtxfoldError("--ray-cpus goes with --executor ray")
+    if args.ray_address:
+        raise CtxfoldError(
+            "--ray-cpus sizes the local Ray this command starts; "
+            "a cluster given by --ray-address uses its own CPUs"
+        )
+    if args.ray_cpus < 1:
+        raise CtxfoldError(f"--ray-cpus must be 1 or more; got {args.ray_cpus}")
+
+
 def bench_command(args: argparse.Namespace) -> int:
     """Run ``ctxfold bench`` and write results.jsonl, report.md and plots under ``--out``."""
+    _check_ray_cpus(args)
     out = Path(args.out)
     if args.task == "perf":
         from ctxfold.bench.perf import run_perf
@@ -73,6 +89,7 @@ def bench_command(args: argparse.Namespace) -> int:
             on_start=started,
             executor=args.executor,
             ray_address=args.ray_address,
+            ray_cpus=args.ray_cpus,
         )
     return _write_report(out)
 

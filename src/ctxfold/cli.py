@@ -73,6 +73,13 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="runs/bench", help="results folder (default runs/bench)")
     bench.add_argument("--executor", choices=("local", "ray"), default="local")
     bench.add_argument("--ray-address", default=None, help="an existing Ray cluster")
+    bench.add_argument(
+        "--ray-cpus",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tasks the local Ray runs at once (default: the cores, at most 4)",
+    )
     bench.add_argument("--quiet", "-q", action="store_true")
     return parser
 
