@@ -96,3 +96,20 @@ def test_the_root_is_shown_the_picked_demonstration() -> None:
 def _blocks(text: str) -> list[str]:
     parts = text.split("```python\n")[1:]
     return [p.split("\n```")[0] for p in parts]
+
+
+def test_the_question_is_a_variable_in_the_repl_and_survives_a_restart() -> None:
+    rlm = ctxfold.RLM(
+        model=ScriptedModel(
+            [
+                code("print(question.upper())"),
+                code("import os\nos._exit(3)"),
+                code('print(question)\nanswer["content"] = question[::-1]\nanswer["ready"] = True'),
+            ]
+        )
+    )
+    result = rlm.run("Where's the 'needle'?", context="hay")
+    cells = result.trace.of_type(Cell)
+    assert cells[0].stdout.strip() == "WHERE'S THE 'NEEDLE'?"
+    assert cells[1].restarted and cells[2].stdout.strip() == "Where's the 'needle'?"
+    assert result.answer == "?'eldeen' eht s'erehW"

@@ -63,6 +63,7 @@ class _Loop:
 
     messages: list[Message]
     prefix_len: int  # system + demonstration + task message: never trimmed
+    question: str = ""
     turn: int = 0
     answer: AnswerState = field(default_factory=AnswerState)
     best: str = ""  # the last non-empty answer content (survives a worker restart)
@@ -120,7 +121,7 @@ class Engine:
         broker = Broker(self._shared, self._depth, self._run_child)
         handler = broker.handle if replay is None else ReplayHandler(replay.answers, broker.handle)
         # The sandbox starts while the first root call is made: neither waits for the other.
-        starting = _Starting(lambda: self._start_sandbox(sandbox, handler, contexts))
+        starting = _Starting(lambda: self._start_sandbox(sandbox, handler, contexts, question))
         try:
             loop = self._first_messages(question, contexts)
             if replay is not None:
@@ -144,13 +145,23 @@ class Engine:
     # -- steps -------------------------------------------------------------------------------
 
     def _start_sandbox(
-        self, sandbox: Sandbox, handler: SubcallHandler, contexts: list[PreparedContext]
+        self,
+        sandbox: Sandbox,
+        handler: SubcallHandler,
+        contexts: list[PreparedContext],
+        question: str,
     ) -> None:
         sandbox.start(
             [c.spec for c in contexts],
             handler,
             output_limit=self._shared.options.output_limit,
         )
+        self._define_question(sandbox, question)
+
+    def _define_question(self, sandbox: Sandbox, question: str) -> None:
+        """``question`` in the REPL: code can search for its words without copying them (small
+        models copy the wrong text)."""
+        sandbox.execute(f"question = {question!r}", timeout=self._shared.budget.cell_seconds)
 
     def _first_messages(self, question: str, contexts: list[PreparedContext]) -> _Loop:
         opts, sub = self._shared.options, self._shared.sub_model
@@ -184,7 +195,7 @@ class Engine:
             messages += demo[:-1]
             task = f"{demo[-1]['content']}\n\n{task}"
         messages.append({"role": "user", "content": task})
-        return _Loop(messages=messages, prefix_len=len(messages))
+        return _Loop(messages=messages, prefix_len=len(messages), question=question)
 
     def _budget_stop(self, loop: _Loop) -> str | None:
         spent = self._shared.meter.exhausted() if self._depth == 0 else self._child_spent(loop)
@@ -261,6 +272,8 @@ class Engine:
         cells = []
         for index, code in enumerate(blocks):
             cell = sandbox.execute(code, timeout=self._shared.budget.cell_seconds)
+            if cell.restarted:  # a new worker: define the question again
+                self._define_question(sandbox, loop.question)
             cells.append(cell)
             self._record_cell(loop, index, code, cell)
             if cell.answer.ready and not (loop.seen_output or loop.ready_refused):
