@@ -12,7 +12,7 @@ from ctxfold.bench import BenchSpec, load_rows, markdown, plots, run_bench, summ
 from ctxfold.bench.methods import base
 from ctxfold.bench.runner import instances
 from ctxfold.bench.tasks import get_task
-from ctxfold.errors import CtxfoldError
+from ctxfold.errors import CtxfoldError, ModelError
 from ctxfold.models import Message, ScriptedModel
 
 
@@ -45,6 +45,23 @@ def test_run_bench_writes_rows_and_resumes(tmp_path: Path) -> None:
     # A second run over the same file does nothing new.
     assert run_bench(spec, out, root=root, sub=root) == []
     assert len(load_rows(out)) == 4
+
+
+def test_base_cuts_again_when_the_model_counts_more_tokens() -> None:
+    inst = get_task("sniah").generate(n=1, length=20_000, seed=3)[0]
+    sizes: list[int] = []
+
+    def root(messages: list[Message]) -> str:
+        sizes.append(len(messages[-1]["content"]))
+        if len(sizes) < 3:  # as llama.cpp says it
+            raise ModelError("HTTP 400: request (8429 tokens) exceeds the available context size")
+        return "7"
+
+    result = base(inst, ScriptedModel(root, context_window=4000), ScriptedModel(["x"]), 1)
+    assert result.answer == "7" and result.truncated
+    assert sizes[1] < sizes[0] * 0.9 and sizes[2] < sizes[1] * 0.9
+    with pytest.raises(ModelError, match="server on fire"):  # other errors are not retried
+        base(inst, ScriptedModel([ModelError("server on fire")]), ScriptedModel(["x"]), 1)
 
 
 def test_base_cuts_input_to_the_window_and_says_so() -> None:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,11 +20,14 @@ from typing import Any
 
 from ctxfold.bench._types import Instance
 from ctxfold.budget import Budget
+from ctxfold.errors import ModelError
 from ctxfold.models import Message, Model, TokenUsage
 from ctxfold.models._tokens import count_tokens
 from ctxfold.rlm import RLM, Result
 from ctxfold.trace import Feedback, RootResponse, Trace
 
+_CONTEXT_REFUSAL = re.compile(r"context (size|length|window)|too many tokens|too long", re.I)
+_BASE_ASK = "Answer the question about the text above.\nQuestion: "
 _ANSWER_RESERVE = 600  # tokens kept free for the question and the reply
 _DEFAULT_WINDOW = 32_000
 
@@ -76,12 +80,23 @@ def _ask(model: Model, prompt: str, usage: list[TokenUsage]) -> str:
 
 
 def base(instance: Instance, root: Model, sub: Model, max_iterations: int) -> MethodResult:
-    """One call with the input pasted in, cut to the root model's window."""
+    """One call with the input pasted in, cut to the root model's window.
+
+    The cut counts tokens with ``cl100k_base``; a model whose own tokenizer counts more refuses
+    the prompt, and the text is cut by another 15 % until it fits (at most three times).
+    """
     budget = _window(root) - _ANSWER_RESERVE - count_tokens(instance.question)
     text, truncated = _fit(context_text(instance.context), budget)
     usage: list[TokenUsage] = []
-    prompt = f"{text}\n\nAnswer the question about the text above.\nQuestion: {instance.question}"
-    answer = _ask(root, prompt, usage)
+    for attempt in range(4):
+        prompt = f"{text}\n\n{_BASE_ASK}{instance.question}"
+        try:
+            answer = _ask(root, prompt, usage)
+            break
+        except ModelError as exc:
+            if attempt == 3 or not _CONTEXT_REFUSAL.search(str(exc)):
+                raise
+            text, truncated = text[: int(len(text) * 0.85)], True
     return MethodResult(
         answer=answer,
         root_input_tokens=usage[0].input_tokens,
