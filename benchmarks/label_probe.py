@@ -1,0 +1,99 @@
+"""How well a model labels TREC questions by itself, in three prompt forms: the sub-call OOLONG
+needs. Used for ``benchmarks/results/local-quality.md``.
+
+    python benchmarks/label_probe.py 'local?window=8192'
+    python benchmarks/label_probe.py 'local:qwen2.5-coder-1.5b?window=8192'
+
+Reads ``$CTXFOLD_TREC_DIR/TREC.test`` (default ``../shared/data/trec``); 40 questions, seed 5.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ctxfold.models._spec import resolve_model
+
+LABELS = {
+    "ABBR": "abbreviation",
+    "DESC": "description and abstract concept",
+    "ENTY": "entity",
+    "HUM": "human being",
+    "LOC": "location",
+    "NUM": "numeric value",
+}
+NAMES = list(LABELS.values())
+GROUP = 20
+
+
+def _questions(n: int = 40) -> list[tuple[str, str]]:
+    default = Path(__file__).resolve().parents[2] / "shared/data/trec"
+    folder = Path(os.environ.get("CTXFOLD_TREC_DIR", default))
+    lines = (folder / "TREC.test").read_text(encoding="latin-1").splitlines()
+    rows = [line.split(" ", 1) for line in lines if line.strip()]
+    random.Random(5).shuffle(rows)
+    return [(LABELS[code.split(":")[0]], text.strip()) for code, text in rows[:n]]
+
+
+def _label_in(text: str) -> str | None:
+    """The label named first in ``text`` (by its first word)."""
+    lower = text.lower()
+    found = [(lower.find(n.split()[0]), n) for n in NAMES if n.split()[0] in lower]
+    return min(found)[1] if found else None
+
+
+def _numbered(reply: str) -> list[str | None]:
+    got = {int(n): _label_in(rest) for n, rest in re.findall(r"(\d+)\s*[:.)-]\s*(.+)", reply)}
+    return [got.get(i + 1) for i in range(GROUP)]
+
+
+def main(spec: str) -> None:
+    model = resolve_model(spec)
+    items = _questions()
+    head = "Labels: " + ", ".join(NAMES) + "."
+    groups = [items[i : i + GROUP] for i in range(0, len(items), GROUP)]
+    forms: list[tuple[str, list[str], Callable[[str], list[str | None]]]] = [
+        (
+            f"one label per line, {GROUP} lines a call (the demonstration's form)",
+            [
+                f"Give the label of each line: {', '.join(NAMES)}. Write one label per line, "
+                "nothing else.\n\n" + "\n".join(q for _, q in g)
+                for g in groups
+            ],
+            lambda r: [_label_in(line) for line in r.splitlines() if line.strip()],
+        ),
+        (
+            f"numbered lines in, 'N: label' out, {GROUP} a call",
+            [
+                f"{head}\nFor each numbered question write 'N: label'.\n\n"
+                + "\n".join(f"{j + 1}. {q}" for j, (_, q) in enumerate(g))
+                for g in groups
+            ],
+            _numbered,
+        ),
+        (
+            "one question a call",
+            [
+                f"{head}\nWhich label fits this question? Answer with the label only.\n\n"
+                f"Question: {q}"
+                for _, q in items
+            ],
+            lambda r: [_label_in(r)],
+        ),
+    ]
+    print(f"{model.name}: {len(items)} TREC questions")
+    for name, prompts, parse in forms:
+        started, got = time.monotonic(), []
+        for prompt in prompts:
+            got += parse(model.complete([{"role": "user", "content": prompt}]).text)
+        right = sum(1 for (gold, _), label in zip(items, got, strict=False) if label == gold)
+        print(f"- {name}: {right}/{len(items)} right ({time.monotonic() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "local?window=8192")
