@@ -425,13 +425,9 @@ class _Conn:
         base_url: object,
         headers: Mapping[str, object],
     ) -> None:
-        import httpx2  # loaded with the SDK
-
         self.sdk_client = sdk_client
         self.http = http
-        self.url = httpx2.URL(f"{base_url}{_CHAT_PATH}")  # parsed once, not per call
-        # The SDK marks headers to leave out (an unset organisation...) with non-str values.
-        self.headers = {k: v for k, v in headers.items() if isinstance(v, str)}
+        self.url, self.headers = _chat_target(base_url, headers)
         self.direct = DirectHTTP.for_url(self.url, self.headers, max_idle=_POOL_KEEPALIVE)
 
     def build(self, payload: bytes, timeout: Any) -> httpx2.Request:
@@ -446,6 +442,15 @@ class _Conn:
         self.sdk_client.close()
 
 
+def _chat_target(base_url: object, headers: Mapping[str, object]) -> tuple[Any, dict[str, str]]:
+    """The chat completions URL (parsed once, not per call) and the headers to send: the SDK
+    marks headers to leave out (an unset organisation...) with non-str values."""
+    import httpx2  # loaded with the SDK
+
+    url = httpx2.URL(f"{base_url}{_CHAT_PATH}")
+    return url, {k: v for k, v in headers.items() if isinstance(v, str)}
+
+
 class _AsyncConn:
     """The async twin of :class:`_Conn`."""
 
@@ -458,12 +463,9 @@ class _AsyncConn:
         base_url: object,
         headers: Mapping[str, object],
     ) -> None:
-        import httpx2  # loaded with the SDK
-
         self.sdk_client = sdk_client
         self.http = http
-        self.url = httpx2.URL(f"{base_url}{_CHAT_PATH}")  # parsed once, not per call
-        self.headers = {k: v for k, v in headers.items() if isinstance(v, str)}
+        self.url, self.headers = _chat_target(base_url, headers)
 
     async def close(self) -> None:
         await self.sdk_client.close()
