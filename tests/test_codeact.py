@@ -53,13 +53,13 @@ def _run(
     profile: str = "concise",
 ) -> tuple[Result, ScriptedModel]:
     root = ScriptedModel(replies, name="scripted-root")
-    rlm = RLM(
+    rlm = RLM._codeact(
+        tools,
         model=root,
         sub_model=sub,
         budget=Budget(iterations=len(replies), depth=depth),
         prompt_profile=profile,
     )
-    rlm._options = replace(rlm._options, root_tools=tuple(tools))
     return rlm.run("Which river flows through Kellmark?", CORPUS if context is None else context), (
         root
     )
@@ -261,6 +261,12 @@ def test_tools_survive_being_overwritten_and_a_worker_restart(corpus: list[Tool]
     assert "fresh one was started" in _feedback(root, 3)
     assert "Varga Bakery" in _feedback(root, 4)
     assert result.ready
+
+
+def test_the_tools_and_question_set_up_cells_are_not_numbered(corpus: list[Tool]) -> None:
+    _, root = _run([_code("print(search('volcano', k=1))\n1 / 0"), FINISH], corpus)
+    told = _feedback(root, 1)
+    assert "[doc-volcano]" in told and '"<cell 1>", line 2' in told
 
 
 # -- security: the tool path reaches the named tools and nothing else --------------------------

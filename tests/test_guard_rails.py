@@ -113,3 +113,19 @@ def test_the_question_is_a_variable_in_the_repl_and_survives_a_restart() -> None
     assert cells[0].stdout.strip() == "WHERE'S THE 'NEEDLE'?"
     assert cells[1].restarted and cells[2].stdout.strip() == "Where's the 'needle'?"
     assert result.answer == "?'eldeen' eht s'erehW"
+
+
+def test_the_first_model_cell_is_cell_1_despite_the_question_set_up_cell() -> None:
+    rlm = ctxfold.RLM(
+        model=ScriptedModel(
+            [
+                code("print(question)\n1 / 0"),
+                code('answer["content"] = "done"\nanswer["ready"] = True'),
+            ]
+        )
+    )
+    result = rlm.run("Where is the needle?", context="hay")
+    first = result.trace.of_type(Cell)[0]
+    assert first.stdout.strip() == "Where is the needle?"  # the set-up cell ran
+    assert first.error is not None and '"<cell 1>", line 2' in first.error
+    assert result.ready

@@ -149,6 +149,16 @@ def test_exception_shows_the_cell_line(sb: ProcessSandbox) -> None:
     assert _ok(sb.execute("print(a)")).stdout == "1\n"
 
 
+def test_set_up_cells_are_not_numbered(sb: ProcessSandbox) -> None:
+    _ok(sb.execute("a = 1", setup=True))
+    failed = sb.execute("b = undefined", setup=True)
+    assert failed.error is not None and "NameError" in failed.error
+    assert "<cell" not in failed.error
+    result = sb.execute("print(a)\nb = a / 0")
+    assert result.stdout == "1\n"
+    assert result.error is not None and '"<cell 1>", line 2' in result.error
+
+
 def test_syntax_error(sb: ProcessSandbox) -> None:
     result = sb.execute("def f(:\n    pass")
     assert result.error is not None and "SyntaxError" in result.error

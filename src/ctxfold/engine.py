@@ -24,8 +24,9 @@ from ctxfold.context import PreparedContext, prepare_contexts
 from ctxfold.errors import CtxfoldError
 from ctxfold.models import Message
 from ctxfold.sandbox import AnswerState, Sandbox, SubcallHandler
+from ctxfold.sandbox._setup import SetupSandbox
 from ctxfold.tools import root_tools_note
-from ctxfold.tools._root import RootToolSandbox, code_tools_text, demo_fits
+from ctxfold.tools._root import check_root_tools, code_tools_text, demo_fits, setup_code
 from ctxfold.trace import (
     AnswerUpdate,
     BudgetStop,
@@ -63,7 +64,6 @@ class _Loop:
 
     messages: list[Message]
     prefix_len: int  # system + demonstration + task message: never trimmed
-    question: str = ""
     turn: int = 0
     answer: AnswerState = field(default_factory=AnswerState)
     best: str = ""  # the last non-empty answer content (survives a worker restart)
@@ -115,9 +115,7 @@ class Engine:
 
         With ``replay``, the recorded turns of a killed run are replayed first (see _resume.py).
         """
-        sandbox = self._shared.make_sandbox()
-        if self._shared.options.root_tools:  # CodeAct mode: the tools are functions in the REPL
-            sandbox = RootToolSandbox(sandbox, self._shared.options.root_tools)
+        sandbox = SetupSandbox(self._shared.make_sandbox())
         broker = Broker(self._shared, self._depth, self._run_child)
         handler = broker.handle if replay is None else ReplayHandler(replay.answers, broker.handle)
         # The sandbox starts while the first root call is made: neither waits for the other.
@@ -146,22 +144,27 @@ class Engine:
 
     def _start_sandbox(
         self,
-        sandbox: Sandbox,
+        sandbox: SetupSandbox,
         handler: SubcallHandler,
         contexts: list[PreparedContext],
         question: str,
     ) -> None:
+        """Start the sandbox with its set-up cells (run again after every worker restart)."""
+        tools = self._shared.options.root_tools
+        if tools:  # CodeAct mode: the tools are functions in the REPL
+            sandbox.add(setup_code(check_root_tools(tools)), what="the tools", timeout=60)
+        # ``question`` in the REPL: code can search for its words without copying them (small
+        # models copy the wrong text).
+        sandbox.add(
+            f"question = {question!r}",
+            what="the question",
+            timeout=self._shared.budget.cell_seconds,
+        )
         sandbox.start(
             [c.spec for c in contexts],
             handler,
             output_limit=self._shared.options.output_limit,
         )
-        self._define_question(sandbox, question)
-
-    def _define_question(self, sandbox: Sandbox, question: str) -> None:
-        """``question`` in the REPL: code can search for its words without copying them (small
-        models copy the wrong text)."""
-        sandbox.execute(f"question = {question!r}", timeout=self._shared.budget.cell_seconds)
 
     def _first_messages(self, question: str, contexts: list[PreparedContext]) -> _Loop:
         opts, sub = self._shared.options, self._shared.sub_model
@@ -195,7 +198,7 @@ class Engine:
             messages += demo[:-1]
             task = f"{demo[-1]['content']}\n\n{task}"
         messages.append({"role": "user", "content": task})
-        return _Loop(messages=messages, prefix_len=len(messages), question=question)
+        return _Loop(messages=messages, prefix_len=len(messages))
 
     def _budget_stop(self, loop: _Loop) -> str | None:
         spent = self._shared.meter.exhausted() if self._depth == 0 else self._child_spent(loop)
@@ -272,8 +275,6 @@ class Engine:
         cells = []
         for index, code in enumerate(blocks):
             cell = sandbox.execute(code, timeout=self._shared.budget.cell_seconds)
-            if cell.restarted:  # a new worker: define the question again
-                self._define_question(sandbox, loop.question)
             cells.append(cell)
             self._record_cell(loop, index, code, cell)
             if cell.answer.ready and not (loop.seen_output or loop.ready_refused):

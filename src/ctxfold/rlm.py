@@ -24,7 +24,7 @@ from ctxfold.models import Model, resolve_model
 from ctxfold.prompts import PROFILES
 from ctxfold.sandbox import ContextSpec, ProcessSandbox, Sandbox, SparePool, make_sandbox
 from ctxfold.sandbox._cleanup import remove_soon
-from ctxfold.tools import DEFAULT_TURNS, as_tools
+from ctxfold.tools import DEFAULT_TURNS, Tool, as_tools
 from ctxfold.trace import RunEnd, RunResume, RunStart, Trace
 from ctxfold.usage import Usage
 
@@ -138,6 +138,16 @@ class RLM:
         self._tool_turns = tool_turns
         self._spares = SparePool()  # a started sandbox worker waits here for the next run
         self._warm: weakref.finalize[[], RLM] | None = None
+
+    @classmethod
+    def _codeact(cls, root_tools: Sequence[Tool], *args: Any, **kwargs: Any) -> RLM:
+        """Internal, not public API (the bench's ``codeact_bm25`` and its tests): an RLM made
+        from ``args``/``kwargs`` whose root model's code calls ``root_tools`` as REPL functions
+        (``EngineOptions.root_tools``, see ``tools/_root.py``). The public ``tools`` argument
+        gives tools to sub-LLMs only."""
+        rlm = cls(*args, **kwargs)
+        rlm._options = replace(rlm._options, root_tools=tuple(root_tools))
+        return rlm
 
     def _resolve(self, spec: str | Model) -> Model:
         model = resolve_model(spec)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +92,6 @@ def codeact_bm25(instance: Instance, root: Model, sub: Model, max_iterations: in
     sub-LLMs."""
     with tempfile.TemporaryDirectory(prefix="ctxfold-corpus-") as folder:
         tools = corpus_tools(_write_corpus(instance.context, Path(folder)), cache_dir=folder)
-        rlm = RLM(model=root, sub_model=root, budget=Budget(iterations=max_iterations, depth=0))
-        # root_tools is an engine option, not an RLM argument: the public RLM keeps tools for
-        # sub-LLMs only.
-        rlm._options = replace(rlm._options, root_tools=tuple(tools))
+        budget = Budget(iterations=max_iterations, depth=0)
+        rlm = RLM._codeact(tools, model=root, sub_model=root, budget=budget)
         return rlm_result(rlm.run(instance.question, instance.context))

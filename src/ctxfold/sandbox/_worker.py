@@ -18,8 +18,11 @@ Threads: a reader thread owns the channel's read side. ``reply`` messages comple
 sub-calls (so threads in model code may call ``llm_query`` at once); ``exec`` and ``shutdown`` go
 to a queue served by the main thread, where cells run (so the host's SIGINT interrupts a cell).
 
-Tools: when a run gives the root model's code tools (``ctxfold.tools._root``), the host's first
-cell calls ``_define_tools``; each tool's function sends a ``call`` of kind ``tool`` with one item
+Set-up cells (``"setup": true`` in ``exec``) are the host's own code, e.g. ``question = ...``; they
+are not numbered, so the model's first cell is ``<cell 1>`` in its tracebacks.
+
+Tools: when a run gives the root model's code tools (``ctxfold.tools._root``), a set-up cell
+calls ``_define_tools``; each tool's function sends a ``call`` of kind ``tool`` with one item
 ``{"name", "arguments"}`` and returns the host's answer (a result or an ``[error: ...]`` text).
 """
 
@@ -467,10 +470,12 @@ class _Worker:
 
     # ---- cells ----
 
-    def run_cell(self, code: str, cell_id: Any = None) -> dict[str, Any]:
-        """Run one cell; return the ``result`` message (tagged with the host's ``cell_id``)."""
-        self._cells += 1
-        filename = f"<cell {self._cells}>"
+    def run_cell(self, code: str, cell_id: Any = None, setup: bool = False) -> dict[str, Any]:
+        """Run one cell; return the ``result`` message (tagged with the host's ``cell_id``).
+        A ``setup`` cell is not numbered: the model's cells are ``<cell 1>``, ``<cell 2>``, ..."""
+        if not setup:
+            self._cells += 1
+        filename = "<setup>" if setup else f"<cell {self._cells}>"
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
         out, err = _BoundedWriter(self._output_limit), _BoundedWriter(self._output_limit)
         before = _answer_fields(self._answer)
@@ -850,7 +855,8 @@ def main(argv: list[str]) -> None:
     while True:
         message = channel.inbox.get()
         if message.get("op") == "exec":
-            result = worker.run_cell(str(message.get("code", "")), message.get("cell"))
+            code, cell_id = str(message.get("code", "")), message.get("cell")
+            result = worker.run_cell(code, cell_id, message.get("setup") is True)
             if channel.orphaned:  # a process model code forked ended its copy of the cell
                 os._exit(0)
             channel.send(result)

@@ -509,8 +509,12 @@ class ProcessSandbox:
 
     # ---- cells ----
 
-    def execute(self, code: str, *, timeout: float | None = None) -> CellResult:
-        """Run one cell. ``timeout``: seconds it may run, not counting time waiting on sub-calls."""
+    def execute(
+        self, code: str, *, timeout: float | None = None, setup: bool = False
+    ) -> CellResult:
+        """Run one cell. ``timeout``: seconds it may run, not counting time waiting on sub-calls.
+        ``setup``: ctxfold's own set-up code, not numbered (the model's first cell stays
+        ``<cell 1>`` in tracebacks; see ``sandbox/_setup.py``)."""
         with self._exec_lock:
             worker = self._worker
             if self._state != "started":
@@ -524,7 +528,7 @@ class ProcessSandbox:
             result: dict[str, Any] | None = None
             interrupted, failure = False, "stopped answering"
             self._cells += 1
-            if worker.send({"op": "exec", "code": code, "cell": self._cells}):
+            if worker.send({"op": "exec", "code": code, "cell": self._cells, "setup": setup}):
                 result, interrupted, failure = self._serve_cell(worker, clock, self._cells)
             try:
                 if result is not None:

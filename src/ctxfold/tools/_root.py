@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from ctxfold.errors import CtxfoldError
-from ctxfold.sandbox import CellResult, ContextSpec, Sandbox, SubcallHandler
 from ctxfold.tools._loop import run_tool
 from ctxfold.tools._tool import Tool
 
@@ -86,7 +85,8 @@ def code_tools_text(tools: Sequence[Tool]) -> str:
 
 
 def setup_code(tools: Sequence[Tool]) -> str:
-    """The cell that defines the tools' functions in the sandbox (see ``_worker.py``)."""
+    """The set-up cell that defines the tools' functions in the sandbox (see ``_worker.py``); the
+    engine runs it at start and after every worker restart (``sandbox/_setup.py``)."""
     specs = []
     for tool in tools:
         properties = tool.parameters.get("properties", {})
@@ -205,42 +205,6 @@ def preview_arguments(arguments: Any, limit: int = 200) -> dict[str, Any]:
                 small = "<not JSON>"
         preview[str(key)[:64]] = small
     return preview
-
-
-class RootToolSandbox:
-    """A sandbox whose code has the tools' functions: they are defined when it starts and again
-    whenever a fresh worker replaces a dead one. Everything else is the wrapped sandbox's."""
-
-    def __init__(self, inner: Sandbox, tools: Sequence[Tool]) -> None:
-        self._inner = inner
-        self._tools = tuple(tools)
-        self._setup = ""  # the set-up cell, made (and the tool names checked) by start()
-        self.isolation = inner.isolation
-
-    def __getattr__(self, name: str) -> Any:  # e.g. scratch_dir, worker_pid
-        if name in ("_inner", "_tools", "_setup"):
-            raise AttributeError(name)
-        return getattr(self._inner, name)
-
-    def start(
-        self, contexts: Sequence[ContextSpec], handler: SubcallHandler, *, output_limit: int = 8000
-    ) -> None:
-        self._setup = setup_code(check_root_tools(self._tools))
-        self._inner.start(contexts, handler, output_limit=output_limit)
-        cell = self._inner.execute(self._setup, timeout=60)
-        if cell.error:
-            raise CtxfoldError(f"could not define the tools in the sandbox: {cell.error[-300:]}")
-
-    def execute(self, code: str, *, timeout: float | None = None) -> CellResult:
-        cell = self._inner.execute(code, timeout=timeout)
-        if cell.restarted:
-            again = self._inner.execute(self._setup, timeout=60)
-            if again.error:
-                cell.stderr += f"\n[ctxfold] the tools could not be defined again: {again.error}"
-        return cell
-
-    def close(self) -> None:
-        self._inner.close()
 
 
 def demo_fits(tools: Sequence[Tool]) -> bool:

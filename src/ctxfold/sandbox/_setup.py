@@ -1,0 +1,73 @@
+"""Set-up cells: ctxfold's own code that must be in the REPL before the model's code runs.
+
+:class:`SetupSandbox` wraps a sandbox. Its set-up cells (``question = ...``, the code tools'
+functions) run in order when it starts and again whenever a fresh worker replaces a dead one (a
+cell whose result says ``restarted``). They are not traced, and in a :class:`ProcessSandbox` not
+numbered, so the model's first cell is ``<cell 1>`` in its tracebacks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ctxfold.errors import CtxfoldError
+from ctxfold.sandbox._base import CellResult, ContextSpec, Sandbox, SubcallHandler
+from ctxfold.sandbox.process import ProcessSandbox
+
+
+@dataclass(frozen=True, slots=True)
+class _SetupCell:
+    code: str
+    what: str  # what it defines, for error messages: "the tools", "the question"
+    timeout: float | None
+
+
+class SetupSandbox:
+    """A sandbox whose set-up cells run after ``start`` and after every worker restart; the
+    model's cells run in the wrapped sandbox as they are."""
+
+    def __init__(self, inner: Sandbox) -> None:
+        self._inner = inner
+        self._cells: list[_SetupCell] = []
+        self.isolation: str = getattr(inner, "isolation", "")
+
+    def add(self, code: str, *, what: str, timeout: float | None) -> None:
+        """Add a set-up cell (before :meth:`start`); ``what`` names what it defines."""
+        self._cells.append(_SetupCell(code, what, timeout))
+
+    def start(
+        self, contexts: Sequence[ContextSpec], handler: SubcallHandler, *, output_limit: int = 8000
+    ) -> None:
+        """Start the wrapped sandbox and run the set-up cells.
+
+        Raises:
+            CtxfoldError: a set-up cell failed.
+        """
+        self._inner.start(contexts, handler, output_limit=output_limit)
+        failed = self._set_up()
+        if failed:
+            cell, error = failed[0]
+            raise CtxfoldError(f"could not define {cell.what} in the sandbox: {error[-300:]}")
+
+    def execute(self, code: str, *, timeout: float | None = None) -> CellResult:
+        cell = self._inner.execute(code, timeout=timeout)
+        if cell.restarted:  # a fresh worker: set it up again
+            for failed, error in self._set_up():
+                cell.stderr += f"\n[ctxfold] {failed.what} could not be defined again: {error}"
+        return cell
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def _set_up(self) -> list[tuple[_SetupCell, str]]:
+        """Run the set-up cells in order; those that failed, with their errors."""
+        failed = []
+        for cell in self._cells:
+            if isinstance(self._inner, ProcessSandbox):
+                result = self._inner.execute(cell.code, timeout=cell.timeout, setup=True)
+            else:  # another sandbox numbers set-up cells like the model's
+                result = self._inner.execute(cell.code, timeout=cell.timeout)
+            if result.error:
+                failed.append((cell, result.error))
+        return failed
