@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import ctxfold
+from ctxfold.models import ScriptedModel
 from ctxfold.models._weights import list_local_models
 from ctxfold.trace import Cell
 
@@ -34,3 +36,21 @@ def test_local_model_finds_the_planted_fact(tmp_path: Path, no_orphans) -> None:
     assert result.ready
     # The root model never saw the input: its prompts stayed far below the input's size.
     assert result.usage.root_input_tokens < 40_000
+
+
+@pytest.mark.skipif(not _local_ready(), reason="pip install 'ctxfold[local]' to run")
+def test_local_sub_calls_with_choices_answer_with_a_choice(no_orphans) -> None:
+    labels = ["location", "human being", "numeric value"]
+    root = ScriptedModel(
+        [
+            f"```python\ngot = llm_batch(context.splitlines(), choices={labels})\nprint(got)\n```",
+            '```python\nanswer["content"] = repr(got)\nanswer["ready"] = True\n```',
+        ]
+    )
+    lines = "Where is the Eiffel Tower ?\nWho wrote Hamlet ?\nHow many legs has a spider ?"
+    with ctxfold.RLM(model=root, sub_model="local") as rlm:
+        result = rlm.run("Label each line.", context=lines)
+    got = ast.literal_eval(result.answer)
+    # The grammar makes every reply a choice: no parse failure, no second ask.
+    assert len(got) == 3 and all(label in labels for label in got), got
+    assert result.usage.sub_calls == 3

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ctxfold._choices import choice_instruction, choice_max_tokens, match_choice, retry_instruction
 from ctxfold._run import RunShared
 from ctxfold.models import Completion, Message, Model
 from ctxfold.sandbox import SubcallItem, SubcallRequest
@@ -37,7 +38,10 @@ def error_text(kind: str, message: str) -> str:
 def request_key(kind: str, item: SubcallItem) -> str:
     """A stable hash of one sub-call request, so a resumed run can answer it from its trace."""
     context = None if item.context is None else json.dumps(item.context, sort_keys=True)
-    payload = json.dumps([kind, item.prompt, item.system, item.model, context])
+    fields: list[Any] = [kind, item.prompt, item.system, item.model, context]
+    if item.choices is not None:  # only then, so keys of runs without choices stay as they were
+        fields.append(list(item.choices))
+    payload = json.dumps(fields)
     return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
@@ -104,13 +108,19 @@ class Broker:
         if not shared.meter.reserve_sub_call():
             spent = shared.meter.exhausted() or "sub_calls"
             return error_text("llm_query", f"budget exhausted ({spent}); no more sub-calls")
+        prompt = item.prompt
+        if item.choices:
+            prompt += choice_instruction(item.choices)
         messages: list[Message] = []
         if item.system:
             messages.append({"role": "system", "content": item.system})
-        messages.append({"role": "user", "content": item.prompt})
+        messages.append({"role": "user", "content": prompt})
         call_id, started = self._start("llm", model.name, item, key or request_key("llm", item))
         try:
-            completion = self._complete(model, messages, call_id, depth)
+            completion = self._complete(model, messages, call_id, depth, item.choices)
+            text, error = completion.text, None
+            if item.choices:
+                completion, text, error = self._chosen(model, messages, completion, item.choices)
         except Exception as exc:
             message = str(exc) or type(exc).__name__
             self._end(call_id, "llm", model.name, started, "", message)
@@ -121,29 +131,77 @@ class Broker:
             "llm",
             model.name,
             started,
-            completion.text,
-            None,
+            text,
+            error,
             usage.input_tokens,
             usage.output_tokens,
         )
-        return completion.text
+        return text if error is None else error_text("llm_query", error)
+
+    def _chosen(
+        self,
+        model: Model,
+        messages: list[Message],
+        first: Completion,
+        choices: tuple[str, ...],
+    ) -> tuple[Completion, str, str | None]:
+        """Read ``first`` back to one of ``choices``; ask once more when it names none.
+
+        Returns the completion with the usage of both calls, the choice, and an error when
+        neither reply named exactly one choice.
+        """
+        chosen = match_choice(first.text, choices)
+        if chosen is not None:
+            return first, chosen, None
+        retry: list[Message] = [
+            *messages,
+            {"role": "assistant", "content": first.text},
+            {"role": "user", "content": retry_instruction(choices)},
+        ]
+        second = self._call(model, retry, self._depth + 1, choices)
+        usage = first.usage + second.usage
+        both = Completion(text=second.text, usage=usage, model=second.model)
+        chosen = match_choice(second.text, choices)
+        if chosen is not None:
+            return both, chosen, None
+        return both, "", f"the reply named none of the choices: {second.text[:80]!r}"
+
+    def _call(
+        self,
+        model: Model,
+        messages: list[Message],
+        depth: int,
+        choices: tuple[str, ...] | None = None,
+    ) -> Completion:
+        """One model call, accounted at once. With ``choices`` the output is bounded and a client
+        that can constrain decoding is asked to emit only a choice."""
+        options: dict[str, Any] = {}
+        if choices:
+            options = {"choices": list(choices), "max_tokens": choice_max_tokens(choices)}
+        completion = model.complete(messages, **options)
+        self._shared.account(root=False, depth=depth, model=model.name, usage=completion.usage)
+        return completion
 
     def _complete(
-        self, model: Model, messages: list[Message], call_id: int, depth: int
+        self,
+        model: Model,
+        messages: list[Message],
+        call_id: int,
+        depth: int,
+        choices: tuple[str, ...] | None = None,
     ) -> Completion:
-        """One sub-LLM answer: a single call, or the tool loop when the run has tools.
+        """One sub-LLM answer: a single call, or the tool loop when the run has tools (where
+        ``choices`` only bound the final reply, read back by the caller).
 
         Every model call is accounted at once, so tool-loop turns count against the budget.
         """
         shared = self._shared
 
         def once(convo: list[Message]) -> Completion:
-            completion = model.complete(convo)
-            shared.account(root=False, depth=depth, model=model.name, usage=completion.usage)
-            return completion
+            return self._call(model, convo, depth)
 
         if not shared.tools:
-            return once(messages)
+            return self._call(model, messages, depth, choices)
 
         def on_tool(outcome: ToolOutcome) -> None:
             shared.emit(

@@ -28,6 +28,17 @@ class TokenUsage:
     def total(self) -> int:
         return self.input_tokens + self.output_tokens
 
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        """The usage of two calls together (estimated if either was; cost unknown if both are)."""
+        costs = [c for c in (self.cost_usd, other.cost_usd) if c is not None]
+        return TokenUsage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cached_tokens=self.cached_tokens + other.cached_tokens,
+            estimated=self.estimated or other.estimated,
+            cost_usd=sum(costs) if costs else None,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Completion:
@@ -44,7 +55,9 @@ class Model(Protocol):
     """A chat model. ``name`` labels it in usage and traces.
 
     ``options`` a client understands: ``max_tokens``, ``temperature``, ``stop`` (list of strings),
-    ``timeout`` (seconds). Unknown options are ignored by clients that do not support them.
+    ``timeout`` (seconds), ``choices`` (list of strings: a client that can constrain decoding makes
+    the reply exactly one of them; callers still check the reply). Unknown options are ignored by
+    clients that do not support them.
     ``context_window`` is the model's window in tokens, or ``None`` when unknown.
     """
 

@@ -298,6 +298,7 @@ class LocalModel:
             timeout=_REQUEST_TIMEOUT,
             price_per_mtok=(0.0, 0.0),
             default_options=dict(DEFAULT_OPTIONS),
+            grammar_choices=True,  # llama.cpp takes a GBNF grammar: the reply is a choice
         )
 
     @property

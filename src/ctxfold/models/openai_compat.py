@@ -34,6 +34,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from urllib.parse import urlsplit
 
+from ctxfold._choices import choice_grammar
 from ctxfold.errors import MissingAPIKeyError, ModelSpecError
 from ctxfold.models._base import (
     Completion,
@@ -82,6 +83,9 @@ class OpenAIModel:
         native_tools: let sub-LLM tool loops use the Chat Completions ``tools`` field
             (:meth:`complete_with_tools`); ``False`` for servers without tool calling, whose
             sub-LLMs then use ctxfold's text protocol.
+        grammar_choices: the server takes a llama.cpp GBNF ``grammar`` field (llama.cpp, its
+            Python bindings): the ``choices`` call option then becomes a grammar, so the reply
+            is exactly one choice. Other servers ignore ``choices``; ctxfold checks the reply.
 
     Raises:
         MissingAPIKeyError: the OpenAI API was chosen and no key is set.
@@ -99,6 +103,7 @@ class OpenAIModel:
         price_per_mtok: tuple[float, float] | None = None,
         default_options: Mapping[str, Any] | None = None,
         native_tools: bool = True,
+        grammar_choices: bool = False,
     ) -> None:
         if not name:
             raise ModelSpecError("OpenAIModel needs a model name")
@@ -119,6 +124,7 @@ class OpenAIModel:
         self.retry = retry
         self.price_per_mtok = price_per_mtok
         self.native_tools = native_tools
+        self.grammar_choices = grammar_choices
         self._key = key
         # The OpenAI API wants max_completion_tokens (reasoning models reject max_tokens);
         # compatible servers know max_tokens.
@@ -238,6 +244,9 @@ class OpenAIModel:
                 body[self._max_tokens_field] = value
             elif key != "timeout":
                 body[key] = value
+        choices = options.get("choices") if self.grammar_choices else None
+        if choices:
+            body["grammar"] = choice_grammar(choices)
         return body, {"timeout": known.get("timeout", self.timeout)}
 
     def _post(self, conn: _Conn, payload: bytes, timeout: Any) -> bytes:

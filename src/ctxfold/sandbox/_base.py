@@ -32,6 +32,7 @@ class SubcallItem:
     system: str | None = None
     model: str | None = None
     context: Any = None  # only for kind "rlm": the child run's context (JSON-like data)
+    choices: tuple[str, ...] | None = None  # only for kind "llm": the reply must be one of these
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ctxfold._choices import check_choices
 from ctxfold.sandbox._base import (
     AnswerState,
     CellResult,
@@ -71,7 +72,15 @@ def _parse_item(item: Any, kind: str) -> SubcallItem | str:
     if not isinstance(system, str | None) or not isinstance(model, str | None):
         return "Error: invalid sub-call item"
     context = item.get("context") if kind == "rlm" else None
-    return SubcallItem(prompt=item["prompt"], system=system, model=model, context=context)
+    choices = None
+    if kind == "llm" and item.get("choices") is not None:
+        checked = check_choices(item["choices"])
+        if isinstance(checked, str):
+            return f"[error: llm_query: {checked}]"
+        choices = checked
+    return SubcallItem(
+        prompt=item["prompt"], system=system, model=model, context=context, choices=choices
+    )
 
 
 def _parse_tool_call(item: Any) -> SubcallItem | str:

@@ -328,6 +328,8 @@ def _item_fields(item: Any, where: str, with_context: bool) -> dict[str, Any] | 
             return f"[error: {where}: '{key}' must be a str or None]"
     if with_context:
         fields["context"] = item.get("context")
+    elif item.get("choices") is not None:
+        fields["choices"] = item["choices"]
     return fields
 
 
@@ -648,30 +650,56 @@ def _make_functions(worker: _Worker) -> list[Callable[..., Any]]:
                 slots[i] = text
         return [s if s is not None else "[error: no answer]" for s in slots]
 
+    def as_choices(choices: Any, name: str) -> list[str]:
+        if isinstance(choices, str | bytes) or not isinstance(choices, list | tuple):
+            raise TypeError(f"{name}: choices must be a list of str, got {type(choices).__name__}")
+        if not all(isinstance(c, str) for c in choices):
+            raise TypeError(f"{name}: every choice must be a str")
+        return list(choices)
+
     def as_list(prompts: Any, name: str) -> list[Any]:
         if isinstance(prompts, str | bytes | dict) or not hasattr(prompts, "__iter__"):
             raise TypeError(f"{name} takes a list of prompts, got {type(prompts).__name__}")
         return list(prompts)
 
-    def llm_query(prompt: str, *, system: str | None = None, model: str | None = None) -> str:
+    def llm_query(
+        prompt: str,
+        *,
+        system: str | None = None,
+        model: str | None = None,
+        choices: list[str] | None = None,
+    ) -> str:
         """Ask a sub-LLM one question and return its answer as text.
 
         Put the text it must read inside ``prompt``. ``system`` sets its system prompt; ``model``
-        picks another sub-model by name. On failure the returned text starts with "Error:".
+        picks another sub-model by name. ``choices`` (a list of str) makes the answer exactly one
+        of them, e.g. a label. On failure the returned text starts with "[error:".
         """
         if not isinstance(prompt, str):
             raise TypeError(f"llm_query: prompt must be a str, got {type(prompt).__name__}")
-        return ask(
-            "llm", "llm_query", [{"prompt": prompt, "system": system, "model": model}], False
-        )[0]
+        item: dict[str, Any] = {"prompt": prompt, "system": system, "model": model}
+        if choices is not None:
+            item["choices"] = as_choices(choices, "llm_query")
+        return ask("llm", "llm_query", [item], False)[0]
 
-    def llm_batch(prompts: list[Any]) -> list[str]:
+    def llm_batch(prompts: list[Any], *, choices: list[str] | None = None) -> list[str]:
         """Ask many sub-LLM questions in parallel; one answer per prompt, in order.
 
-        Each item is a str or a dict ``{"prompt": ..., "system": ..., "model": ...}``. A failing
-        item gives a text starting with "Error:" in its slot; the other answers are kept.
+        Each item is a str or a dict ``{"prompt": ..., "system": ..., "model": ..., "choices":
+        ...}``. ``choices`` (a list of str) makes every answer exactly one of them, e.g. one label
+        per line: ``llm_batch(lines, choices=["spam", "ham"])``. A failing item gives a text
+        starting with "[error:" in its slot; the other answers are kept.
         """
-        return ask("llm", "llm_batch", as_list(prompts, "llm_batch"), False)
+        items = as_list(prompts, "llm_batch")
+        if choices is not None:
+            shared = as_choices(choices, "llm_batch")
+            items = [
+                {**p, "choices": p.get("choices", shared)}
+                if isinstance(p, dict)
+                else {"prompt": p, "choices": shared}
+                for p in items
+            ]
+        return ask("llm", "llm_batch", items, False)
 
     def rlm_query(prompt: str, context: Any = None) -> str:
         """Hand a sub-problem to a child RLM with its own REPL; return its answer as text.
