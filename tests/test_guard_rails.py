@@ -86,7 +86,7 @@ def test_the_root_is_shown_the_picked_demonstration() -> None:
     rlm = ctxfold.RLM(model=ScriptedModel(root), prompt_profile="small")
     rlm.run("How many lines mention cats?", context="cat\ndog\ncat")
     shown = "\n".join(m["content"] for m in first[0])
-    assert "llm_batch(prompts)" in shown and "support tickets" in shown
+    assert "llm_batch(lines, choices=labels)" in shown and "tickets" in shown
     assert "spring sale" not in shown
     task = first[0][-1]["content"]
     assert task.startswith("Done. New task.\n\n`context`: ")
