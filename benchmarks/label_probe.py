@@ -1,4 +1,4 @@
-"""How well a model labels TREC questions by itself, in three prompt forms: the sub-call OOLONG
+"""How well a model labels TREC questions by itself, in four prompt forms: the sub-call OOLONG
 needs. Used for ``benchmarks/results/local-quality.md``.
 
     python benchmarks/label_probe.py 'local?window=8192'
@@ -15,8 +15,10 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ctxfold._choices import choice_instruction, match_choice
 from ctxfold.models._spec import resolve_model
 
 LABELS = {
@@ -86,13 +88,28 @@ def main(spec: str) -> None:
             lambda r: [_label_in(r)],
         ),
     ]
+    # What llm_batch(questions, choices=NAMES) sends: the text, then the instruction; a grammar
+    # for the local model.
+    choice_prompts = [q + choice_instruction(NAMES) for _, q in items]
     print(f"{model.name}: {len(items)} TREC questions")
     for name, prompts, parse in forms:
         started, got = time.monotonic(), []
         for prompt in prompts:
             got += parse(model.complete([{"role": "user", "content": prompt}]).text)
-        right = sum(1 for (gold, _), label in zip(items, got, strict=False) if label == gold)
-        print(f"- {name}: {right}/{len(items)} right ({time.monotonic() - started:.0f} s)")
+        _report(name, items, got, started)
+    started = time.monotonic()
+    with ThreadPoolExecutor(4) as pool:  # the way llm_batch sends them: in parallel
+        replies = pool.map(
+            lambda p: model.complete([{"role": "user", "content": p}], choices=NAMES).text,
+            choice_prompts,
+        )
+        got = [match_choice(r, NAMES) for r in replies]
+    _report("one question a call, with choices (text first, then the choices)", items, got, started)
+
+
+def _report(name: str, items: list[tuple[str, str]], got: list[str | None], started: float) -> None:
+    right = sum(1 for (gold, _), label in zip(items, got, strict=False) if label == gold)
+    print(f"- {name}: {right}/{len(items)} right ({time.monotonic() - started:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":
