@@ -14,11 +14,12 @@ import random
 import re
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ctxfold._choices import choice_instruction, match_choice
+from ctxfold._choices import choice_prompt, match_choice
 from ctxfold.models._spec import resolve_model
 
 LABELS = {
@@ -31,6 +32,15 @@ LABELS = {
 }
 NAMES = list(LABELS.values())
 GROUP = 20
+# Written by the 1.5B root (oolong_root_probe.py, seed 1) for llm_batch(choices={...}).
+ROOT_NOTES = [
+    "short codes, acronyms, abbreviations",
+    "definitions, explanations, descriptions",
+    "objects, people, places, things",
+    "individuals, people, human beings",
+    "places, locations, geographical areas",
+    "numbers, figures, measurements",
+]
 
 
 def _questions(n: int = 40) -> list[tuple[str, str]]:
@@ -88,23 +98,28 @@ def main(spec: str) -> None:
             lambda r: [_label_in(r)],
         ),
     ]
-    # What llm_batch(questions, choices=NAMES) sends: the text, then the instruction; a grammar
-    # for the local model.
-    choice_prompts = [q + choice_instruction(NAMES) for _, q in items]
     print(f"{model.name}: {len(items)} TREC questions")
     for name, prompts, parse in forms:
         started, got = time.monotonic(), []
         for prompt in prompts:
             got += parse(model.complete([{"role": "user", "content": prompt}]).text)
         _report(name, items, got, started)
-    started = time.monotonic()
-    with ThreadPoolExecutor(4) as pool:  # the way llm_batch sends them: in parallel
-        replies = pool.map(
-            lambda p: model.complete([{"role": "user", "content": p}], choices=NAMES).text,
-            choice_prompts,
-        )
-        got = [match_choice(r, NAMES) for r in replies]
-    _report("one question a call, with choices (text first, then the choices)", items, got, started)
+    # What llm_batch(questions, choices=...) sends (a grammar for the local model): with a list,
+    # and with a dict of the descriptions the 1.5B root wrote on the development split.
+    for name, notes in (
+        ("one question a call, choices (text first, then the choices)", None),
+        ("one question a call, choices with the 1.5B root's descriptions", ROOT_NOTES),
+    ):
+        started = time.monotonic()
+        prompts = [choice_prompt(q, NAMES, notes) for _, q in items]
+        with ThreadPoolExecutor(4) as pool:  # the way llm_batch sends them: in parallel
+            replies = pool.map(
+                lambda p: model.complete([{"role": "user", "content": p}], choices=NAMES).text,
+                prompts,
+            )
+            got = [match_choice(r, NAMES) for r in replies]
+        _report(name, items, got, started)
+        print(f"  answers per label: {dict(Counter(got))}", flush=True)
 
 
 def _report(name: str, items: list[tuple[str, str]], got: list[str | None], started: float) -> None:

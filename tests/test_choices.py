@@ -7,7 +7,7 @@ import ast
 import pytest
 
 import ctxfold
-from ctxfold._choices import check_choices, choice_grammar, match_choice
+from ctxfold._choices import check_choices, check_notes, choice_grammar, match_choice
 from ctxfold.broker import request_key
 from ctxfold.models import OpenAIModel, ScriptedModel
 from ctxfold.sandbox import SubcallItem
@@ -150,3 +150,44 @@ def test_choices_bound_the_output_of_each_sub_call() -> None:
     assert result.answer == "'ham'"
     (request,) = server.requests
     assert request["max_tokens"] == 16 + len("spam") // 2
+
+
+def test_described_choices_show_each_description_before_the_text() -> None:
+    sub = ScriptedModel(lambda m: "spam" if "buy" in m[-1]["content"] else "ham")
+    code = (
+        'got = llm_batch(["buy now", {"prompt": "see you at 5"}],\n'
+        '                choices={"spam": "ads and scams", "ham": ""})'
+    )
+    result = _run(code, sub)
+    assert result.answer == "['spam', 'ham']"
+    prompts = sorted(call[-1]["content"] for call in sub.calls)
+    assert prompts[0] == (
+        "Choices:\n- spam: ads and scams\n- ham\n\n"
+        "buy now\n\nAnswer with exactly one of: spam, ham."
+    )
+    assert prompts[1].startswith("Choices:\n- spam: ads and scams\n- ham\n\nsee you at 5")
+
+
+def test_bad_descriptions_are_a_type_error_in_the_sandbox_or_an_error_text() -> None:
+    sub = ScriptedModel(["unused"])
+    result = _run(
+        "try:\n    llm_query('x', choices={'spam': 1, 'ham': ''})\n"
+        "except TypeError as exc:\n    got = str(exc)",
+        sub,
+    )
+    assert "must map str to str" in result.answer
+    result = _run("got = llm_query('x', choices={'spam': 'a\\nb', 'ham': ''})", sub)
+    assert "[error: llm_query: each choice's description must be" in result.answer
+    assert sub.calls == []
+
+
+def test_check_notes_needs_one_short_line_per_choice() -> None:
+    assert check_notes(["ads", ""], 2) == ("ads", "")
+    assert "one description" in str(check_notes(["ads"], 2))
+    assert "at most 300" in str(check_notes(["x" * 301, ""], 2))
+
+
+def test_request_key_depends_on_the_descriptions() -> None:
+    bare = SubcallItem(prompt="p", choices=("a", "b"))
+    described = SubcallItem(prompt="p", choices=("a", "b"), choice_notes=("x", "y"))
+    assert request_key("llm", bare) != request_key("llm", described)

@@ -51,6 +51,12 @@ def test_a_refused_ready_may_be_sent_again_unchanged() -> None:
         ("How many instances have the label 'entity'?", True, "count"),
         ("Which label is the least common among all the instances?", True, "count"),
         ("Which label is the least common among all the instances?", False, "search"),
+        (
+            "Is the label 'entity' more common, less common, or equally common compared with the "
+            "label 'location'? Answer with one of: more common, less common, equally common.",
+            True,
+            "compare",
+        ),
         ("Which class defines the method `joinpath`?", True, "code"),
         ("Which other file calls it?", False, "code"),
         ("", True, "search"),

@@ -16,10 +16,13 @@ from collections.abc import Sequence
 __all__ = [
     "MAX_CHOICES",
     "MAX_CHOICE_CHARS",
+    "MAX_NOTE_CHARS",
     "check_choices",
+    "check_notes",
     "choice_grammar",
     "choice_instruction",
     "choice_max_tokens",
+    "choice_prompt",
     "match_choice",
     "retry_instruction",
 ]
@@ -29,6 +32,9 @@ MAX_CHOICES = 64
 
 MAX_CHOICE_CHARS = 200
 """At most this many characters in one choice."""
+
+MAX_NOTE_CHARS = 300
+"""At most this many characters in one choice's description (``choices={"spam": "ads, ..."}``)."""
 
 _EDGE = " \t\r\n\"'`*.,:;!?()[]{}<>"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -56,6 +62,35 @@ def check_choices(choices: object) -> tuple[str, ...] | str:
             return f"choices must differ (ignoring case), {choice!r} is there twice"
         seen.add(key)
     return tuple(choices)
+
+
+def check_notes(notes: object, count: int) -> tuple[str, ...] | str:
+    """The descriptions of ``count`` choices as a tuple, or a one-line reason why they cannot be
+    used: one str per choice, each at most ``MAX_NOTE_CHARS`` characters on one line."""
+    if not isinstance(notes, list | tuple) or len(notes) != count:
+        return "choices given as a dict need one description (a str) per choice"
+    for note in notes:
+        if not isinstance(note, str):
+            return f"each choice's description must be a str, got {type(note).__name__}"
+        if len(note) > MAX_NOTE_CHARS or _CONTROL.search(note):
+            return (
+                f"each choice's description must be at most {MAX_NOTE_CHARS} characters on one "
+                f"line, got {note[:40]!r}"
+            )
+    return tuple(notes)
+
+
+def choice_prompt(text: str, choices: Sequence[str], notes: Sequence[str] | None = None) -> str:
+    """The prompt sent for ``text`` with ``choices``: the text, then the instruction (small models
+    label better in that order). Descriptions of the choices go first, as ``Choices:`` lines, so
+    that the calls of a batch share one prompt head, which a server's prompt cache reuses."""
+    prompt = text + choice_instruction(choices)
+    if notes is None:
+        return prompt
+    listed = "\n".join(
+        f"- {c}: {n}" if n.strip() else f"- {c}" for c, n in zip(choices, notes, strict=True)
+    )
+    return f"Choices:\n{listed}\n\n{prompt}"
 
 
 def choice_instruction(choices: Sequence[str]) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ctxfold._choices import choice_instruction, choice_max_tokens, match_choice, retry_instruction
+from ctxfold._choices import choice_max_tokens, choice_prompt, match_choice, retry_instruction
 from ctxfold._run import RunShared
 from ctxfold.models import Completion, Message, Model
 from ctxfold.sandbox import SubcallItem, SubcallRequest
@@ -41,6 +41,8 @@ def request_key(kind: str, item: SubcallItem) -> str:
     fields: list[Any] = [kind, item.prompt, item.system, item.model, context]
     if item.choices is not None:  # only then, so keys of runs without choices stay as they were
         fields.append(list(item.choices))
+    if item.choice_notes is not None:
+        fields.append(list(item.choice_notes))
     payload = json.dumps(fields)
     return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
@@ -110,7 +112,7 @@ class Broker:
             return error_text("llm_query", f"budget exhausted ({spent}); no more sub-calls")
         prompt = item.prompt
         if item.choices:
-            prompt += choice_instruction(item.choices)
+            prompt = choice_prompt(prompt, item.choices, item.choice_notes)
         messages: list[Message] = []
         if item.system:
             messages.append({"role": "system", "content": item.system})

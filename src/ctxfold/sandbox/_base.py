@@ -33,6 +33,7 @@ class SubcallItem:
     model: str | None = None
     context: Any = None  # only for kind "rlm": the child run's context (JSON-like data)
     choices: tuple[str, ...] | None = None  # only for kind "llm": the reply must be one of these
+    choice_notes: tuple[str, ...] | None = None  # a description of each choice, shown with them
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ctxfold._choices import check_choices
+from ctxfold._choices import check_choices, check_notes
 from ctxfold.sandbox._base import (
     AnswerState,
     CellResult,
@@ -72,14 +72,24 @@ def _parse_item(item: Any, kind: str) -> SubcallItem | str:
     if not isinstance(system, str | None) or not isinstance(model, str | None):
         return "Error: invalid sub-call item"
     context = item.get("context") if kind == "rlm" else None
-    choices = None
+    choices = notes = None
     if kind == "llm" and item.get("choices") is not None:
         checked = check_choices(item["choices"])
         if isinstance(checked, str):
             return f"[error: llm_query: {checked}]"
         choices = checked
+        if item.get("choice_notes") is not None:
+            described = check_notes(item["choice_notes"], len(choices))
+            if isinstance(described, str):
+                return f"[error: llm_query: {described}]"
+            notes = described
     return SubcallItem(
-        prompt=item["prompt"], system=system, model=model, context=context, choices=choices
+        prompt=item["prompt"],
+        system=system,
+        model=model,
+        context=context,
+        choices=choices,
+        choice_notes=notes,
     )
 
 

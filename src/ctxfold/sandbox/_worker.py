@@ -328,6 +328,9 @@ def _item_fields(item: Any, where: str, with_context: bool) -> dict[str, Any] | 
             return f"[error: {where}: '{key}' must be a str or None]"
     if with_context:
         fields["context"] = item.get("context")
+    elif isinstance(item.get("choices"), dict):  # {choice: description}
+        fields["choices"] = list(item["choices"])
+        fields["choice_notes"] = list(item["choices"].values())
     elif item.get("choices") is not None:
         fields["choices"] = item["choices"]
     return fields
@@ -650,9 +653,17 @@ def _make_functions(worker: _Worker) -> list[Callable[..., Any]]:
                 slots[i] = text
         return [s if s is not None else "[error: no answer]" for s in slots]
 
-    def as_choices(choices: Any, name: str) -> list[str]:
+    def choice_arg(choices: Any, name: str) -> Any:
+        """``choices`` when it is a list of str or a dict {choice: description}, else TypeError
+        (the host checks the rest)."""
+        if isinstance(choices, dict):
+            if not all(isinstance(c, str) and isinstance(d, str) for c, d in choices.items()):
+                raise TypeError(f"{name}: choices as a dict must map str to str (a description)")
+            return dict(choices)
         if isinstance(choices, str | bytes) or not isinstance(choices, list | tuple):
-            raise TypeError(f"{name}: choices must be a list of str, got {type(choices).__name__}")
+            raise TypeError(
+                f"{name}: choices must be a list of str or a dict, got {type(choices).__name__}"
+            )
         if not all(isinstance(c, str) for c in choices):
             raise TypeError(f"{name}: every choice must be a str")
         return list(choices)
@@ -667,32 +678,36 @@ def _make_functions(worker: _Worker) -> list[Callable[..., Any]]:
         *,
         system: str | None = None,
         model: str | None = None,
-        choices: list[str] | None = None,
+        choices: list[str] | dict[str, str] | None = None,
     ) -> str:
         """Ask a sub-LLM one question and return its answer as text.
 
         Put the text it must read inside ``prompt``. ``system`` sets its system prompt; ``model``
         picks another sub-model by name. ``choices`` (a list of str) makes the answer exactly one
-        of them, e.g. a label. On failure the returned text starts with "[error:".
+        of them, e.g. a label; as a dict ``{choice: description}`` the model also sees what each
+        choice means. On failure the returned text starts with "[error:".
         """
         if not isinstance(prompt, str):
             raise TypeError(f"llm_query: prompt must be a str, got {type(prompt).__name__}")
         item: dict[str, Any] = {"prompt": prompt, "system": system, "model": model}
         if choices is not None:
-            item["choices"] = as_choices(choices, "llm_query")
+            item["choices"] = choice_arg(choices, "llm_query")
         return ask("llm", "llm_query", [item], False)[0]
 
-    def llm_batch(prompts: list[Any], *, choices: list[str] | None = None) -> list[str]:
+    def llm_batch(
+        prompts: list[Any], *, choices: list[str] | dict[str, str] | None = None
+    ) -> list[str]:
         """Ask many sub-LLM questions in parallel; one answer per prompt, in order.
 
         Each item is a str or a dict ``{"prompt": ..., "system": ..., "model": ..., "choices":
         ...}``. ``choices`` (a list of str) makes every answer exactly one of them, e.g. one label
-        per line: ``llm_batch(lines, choices=["spam", "ham"])``. A failing item gives a text
+        per line: ``llm_batch(lines, choices=["spam", "ham"])``; as a dict ``{choice:
+        description}`` the model also sees what each choice means. A failing item gives a text
         starting with "[error:" in its slot; the other answers are kept.
         """
         items = as_list(prompts, "llm_batch")
         if choices is not None:
-            shared = as_choices(choices, "llm_batch")
+            shared = choice_arg(choices, "llm_batch")
             items = [
                 {**p, "choices": p.get("choices", shared)}
                 if isinstance(p, dict)
