@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import ast
+from collections import Counter
 
 import pytest
 
 import ctxfold
-from ctxfold._choices import check_choices, check_notes, choice_grammar, match_choice
+from ctxfold._choices import (
+    check_choices,
+    check_notes,
+    choice_grammar,
+    choice_prompt,
+    match_choice,
+)
 from ctxfold.broker import request_key
 from ctxfold.models import OpenAIModel, ScriptedModel
 from ctxfold.sandbox import SubcallItem
@@ -191,3 +198,14 @@ def test_request_key_depends_on_the_descriptions() -> None:
     bare = SubcallItem(prompt="p", choices=("a", "b"))
     described = SubcallItem(prompt="p", choices=("a", "b"), choice_notes=("x", "y"))
     assert request_key("llm", bare) != request_key("llm", described)
+
+
+def test_the_instruction_lists_the_choices_in_an_order_drawn_from_the_text() -> None:
+    labels = ["a1", "b2", "c3", "d4", "e5", "f6"]
+    prompts = {f"line {i}": choice_prompt(f"line {i}", labels) for i in range(120)}
+    firsts = Counter(p.split("one of: ")[1].split(",")[0] for p in prompts.values())
+    assert set(firsts) == set(labels) and max(firsts.values()) < 40  # no choice is always first
+    for text, prompt in prompts.items():
+        assert prompt == choice_prompt(text, labels)  # the same text, the same prompt
+        listed = prompt.split("one of: ")[1].rstrip(".").split(", ")
+        assert sorted(listed) == labels

@@ -9,7 +9,9 @@ error text it can count.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 import re
 from collections.abc import Sequence
 
@@ -83,8 +85,13 @@ def check_notes(notes: object, count: int) -> tuple[str, ...] | str:
 def choice_prompt(text: str, choices: Sequence[str], notes: Sequence[str] | None = None) -> str:
     """The prompt sent for ``text`` with ``choices``: the text, then the instruction (small models
     label better in that order). Descriptions of the choices go first, as ``Choices:`` lines, so
-    that the calls of a batch share one prompt head, which a server's prompt cache reuses."""
-    prompt = text + choice_instruction(choices)
+    that the calls of a batch share one prompt head, which a server's prompt cache reuses.
+
+    The instruction lists the choices in an order drawn from ``text`` (the same text always gets
+    the same order): small models over-pick the choice listed first, and a fixed order would add
+    that excess to one choice's count in every call of a batch.
+    """
+    prompt = text + choice_instruction(_order(choices, text))
     if notes is None:
         return prompt
     listed = "\n".join(
@@ -93,9 +100,14 @@ def choice_prompt(text: str, choices: Sequence[str], notes: Sequence[str] | None
     return f"Choices:\n{listed}\n\n{prompt}"
 
 
+def _order(choices: Sequence[str], text: str) -> list[str]:
+    order = list(choices)
+    random.Random(hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()).shuffle(order)
+    return order
+
+
 def choice_instruction(choices: Sequence[str]) -> str:
-    """The line added after the prompt (text first, then the instruction: small models label
-    better in that order)."""
+    """The line added after the prompt, listing ``choices`` in the order given."""
     quoted = any("," in c for c in choices)
     listed = ", ".join(json.dumps(c, ensure_ascii=False) if quoted else c for c in choices)
     return f"\n\nAnswer with exactly one of: {listed}."
