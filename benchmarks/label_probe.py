@@ -3,6 +3,7 @@ needs. Used for ``benchmarks/results/local-quality.md``.
 
     python benchmarks/label_probe.py 'local?window=8192'
     python benchmarks/label_probe.py 'local:qwen2.5-coder-1.5b?window=8192'
+    python benchmarks/label_probe.py 'local:qwen2.5-coder-1.5b?window=8192' --choices-only
 
 Reads ``$CTXFOLD_TREC_DIR/TREC.test`` (default ``../shared/data/trec``); 40 questions, seed 5.
 """
@@ -64,7 +65,7 @@ def _numbered(reply: str) -> list[str | None]:
     return [got.get(i + 1) for i in range(GROUP)]
 
 
-def main(spec: str) -> None:
+def main(spec: str, *, choices_only: bool = False) -> None:
     model = resolve_model(spec)
     items = _questions()
     head = "Labels: " + ", ".join(NAMES) + "."
@@ -99,7 +100,7 @@ def main(spec: str) -> None:
         ),
     ]
     print(f"{model.name}: {len(items)} TREC questions")
-    for name, prompts, parse in forms:
+    for name, prompts, parse in [] if choices_only else forms:
         started, got = time.monotonic(), []
         for prompt in prompts:
             got += parse(model.complete([{"role": "user", "content": prompt}]).text)
@@ -128,4 +129,5 @@ def _report(name: str, items: list[tuple[str, str]], got: list[str | None], star
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "local?window=8192")
+    args = [a for a in sys.argv[1:] if a != "--choices-only"]
+    main(args[0] if args else "local?window=8192", choices_only="--choices-only" in sys.argv)
