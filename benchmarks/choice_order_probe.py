@@ -21,16 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ctxfold._choices import choice_instruction, choice_prompt, match_choice
+from ctxfold.bench.tasks._trec import LABELS
 from ctxfold.models._spec import resolve_model
 
-LABELS = {
-    "ABBR": "abbreviation",
-    "DESC": "description and abstract concept",
-    "ENTY": "entity",
-    "HUM": "human being",
-    "LOC": "location",
-    "NUM": "numeric value",
-}
 NAMES = list(LABELS.values())
 PER_LABEL = 10
 
