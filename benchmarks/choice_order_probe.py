@@ -11,17 +11,15 @@ Reads ``$CTXFOLD_TREC_DIR/TREC.train`` (default ``../shared/data/trec``).
 
 from __future__ import annotations
 
-import os
 import random
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from ctxfold._choices import choice_instruction, choice_prompt, match_choice
-from ctxfold.bench.tasks._trec import LABELS
+from ctxfold.bench.tasks._trec import LABELS, _trec_dir
 from ctxfold.models._spec import resolve_model
 
 NAMES = list(LABELS.values())
@@ -29,9 +27,7 @@ PER_LABEL = 10
 
 
 def _questions() -> list[tuple[str, str]]:
-    default = Path(__file__).resolve().parents[2] / "shared/data/trec"
-    folder = Path(os.environ.get("CTXFOLD_TREC_DIR", default))
-    lines = (folder / "TREC.train").read_text(encoding="latin-1").splitlines()
+    lines = (_trec_dir() / "TREC.train").read_text(encoding="latin-1").splitlines()
     rows = [line.split(" ", 1) for line in lines if line.strip()]
     random.Random(11).shuffle(rows)
     taken: Counter[str] = Counter()

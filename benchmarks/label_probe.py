@@ -10,7 +10,6 @@ Reads ``$CTXFOLD_TREC_DIR/TREC.test`` (default ``../shared/data/trec``); 40 ques
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import sys
@@ -18,10 +17,9 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from ctxfold._choices import choice_prompt, match_choice
-from ctxfold.bench.tasks._trec import LABELS
+from ctxfold.bench.tasks._trec import LABELS, _trec_dir
 from ctxfold.models._spec import resolve_model
 
 NAMES = list(LABELS.values())
@@ -38,9 +36,7 @@ ROOT_NOTES = [
 
 
 def _questions(n: int = 40) -> list[tuple[str, str]]:
-    default = Path(__file__).resolve().parents[2] / "shared/data/trec"
-    folder = Path(os.environ.get("CTXFOLD_TREC_DIR", default))
-    lines = (folder / "TREC.test").read_text(encoding="latin-1").splitlines()
+    lines = (_trec_dir() / "TREC.test").read_text(encoding="latin-1").splitlines()
     rows = [line.split(" ", 1) for line in lines if line.strip()]
     random.Random(5).shuffle(rows)
     return [(LABELS[code.split(":")[0]], text.strip()) for code, text in rows[:n]]
