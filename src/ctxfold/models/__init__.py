@@ -6,7 +6,7 @@ call, and the embedded local model only when a ``"local"`` spec is resolved.
 
 from ctxfold.models._base import Completion, Message, Model, TokenUsage
 from ctxfold.models._retry import RetryPolicy
-from ctxfold.models._spec import resolve_model
+from ctxfold.models._spec import foreign_endpoint, resolve_model
 from ctxfold.models.anthropic_model import AnthropicModel
 from ctxfold.models.openai_compat import OpenAIModel
 from ctxfold.models.scripted import ScriptedModel
@@ -20,5 +20,6 @@ __all__ = [
     "RetryPolicy",
     "ScriptedModel",
     "TokenUsage",
+    "foreign_endpoint",
     "resolve_model",
 ]

@@ -55,9 +55,11 @@ class Model(Protocol):
     """A chat model. ``name`` labels it in usage and traces.
 
     ``options`` a client understands: ``max_tokens``, ``temperature``, ``stop`` (list of strings),
-    ``timeout`` (seconds), ``choices`` (list of strings: a client that can constrain decoding makes
-    the reply exactly one of them; callers still check the reply). Unknown options are ignored by
-    clients that do not support them.
+    ``timeout`` (seconds per attempt), ``deadline`` (a ``time.monotonic()`` value by which the
+    whole call, retries included, must end: the engine passes the run's ``Budget.seconds`` this
+    way), ``choices`` (list of strings: a client that can constrain decoding makes the reply
+    exactly one of them; callers still check the reply). Unknown options are ignored by clients
+    that do not support them.
     ``context_window`` is the model's window in tokens, or ``None`` when unknown.
     """
 

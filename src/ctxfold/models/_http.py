@@ -21,6 +21,13 @@ import zlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from ctxfold.models._bounded import (
+    MAX_RESPONSE_BYTES,
+    ResponseTooLarge,
+    check_length,
+    decode_body,
+)
+
 if TYPE_CHECKING:
     import httpx2
 
@@ -105,6 +112,8 @@ class DirectHTTP:
                 status, headers, body, keep = _read_response(reader)
             except TimeoutError as exc:
                 raise httpx2.ReadTimeout(str(exc) or "timed out reading the response") from exc
+            except ResponseTooLarge:
+                raise  # not a transport failure: the call fails without retries
             except (OSError, ValueError, zlib.error) as exc:
                 raise httpx2.RemoteProtocolError(str(exc) or type(exc).__name__) from exc
         finally:
@@ -193,15 +202,18 @@ def _read_response(reader: Any) -> tuple[int, list[Header], bytes, bool]:
         length = int(fields["content-length"].split(",")[0].strip())
         if length < 0:
             raise ValueError("a negative Content-Length")
+        check_length(fields["content-length"])
         body = reader.read(length)
         if len(body) < length:
             raise ConnectionError(
                 f"the server closed the connection after {len(body)} of {length} body bytes"
             )
     else:  # the body runs to the end of the connection
-        body = reader.read()
+        body = reader.read(MAX_RESPONSE_BYTES + 1)
+        if len(body) > MAX_RESPONSE_BYTES:
+            raise ResponseTooLarge(f"the server's reply is over {MAX_RESPONSE_BYTES:,} bytes")
         keep = False
-    return status, headers, _decoded(body, fields.get("content-encoding", "")), keep
+    return status, headers, decode_body(body, fields.get("content-encoding", "")), keep
 
 
 def _read_headers(reader: Any) -> list[Header]:
@@ -222,6 +234,7 @@ def _read_headers(reader: Any) -> list[Header]:
 
 def _read_chunked(reader: Any) -> bytes:
     parts: list[bytes] = []
+    total = 0
     while True:
         line = reader.readline(_MAX_LINE)
         if not line:
@@ -230,23 +243,10 @@ def _read_chunked(reader: Any) -> bytes:
         if size == 0:
             _read_headers(reader)  # trailers
             return b"".join(parts)
+        total += size
+        if total > MAX_RESPONSE_BYTES:
+            raise ResponseTooLarge(f"the server's reply is over {MAX_RESPONSE_BYTES:,} bytes")
         chunk = reader.read(size + 2)
         if len(chunk) < size + 2:
             raise ConnectionError("the server closed the connection in a chunked body")
         parts.append(chunk[:size])
-
-
-def _decoded(body: bytes, encoding: str) -> bytes:
-    """``body`` without its content encoding (none was asked for; gzip and deflate are undone)."""
-    codings = [c.strip().lower() for c in encoding.split(",") if c.strip()]
-    for coding in reversed(codings):
-        if coding in ("gzip", "x-gzip"):
-            body = zlib.decompress(body, 16 + zlib.MAX_WBITS)
-        elif coding == "deflate":
-            try:
-                body = zlib.decompress(body)
-            except zlib.error:
-                body = zlib.decompress(body, -zlib.MAX_WBITS)
-        elif coding != "identity":
-            raise ValueError(f"a content encoding that was not asked for: {coding}")
-    return body

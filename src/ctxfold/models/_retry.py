@@ -12,14 +12,15 @@ import email.utils
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
 from types import ModuleType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ctxfold.errors import ModelError
+from ctxfold.models._bounded import ResponseTooLarge
 
 __all__ = [
     "BadResponseError",
@@ -88,13 +89,17 @@ class RetryPolicy:
         attempt: Callable[[], _T],
         classify: Callable[[Exception], CallFailure | None],
         what: str,
+        deadline: float | None = None,
     ) -> _T:
         """Run ``attempt`` until it succeeds or the policy gives up with a :class:`ModelError`.
 
         ``classify`` describes an exception, or returns ``None`` for one that is not a model
-        failure (a bug, a bad argument): that one propagates untouched.
+        failure (a bug, a bad argument): that one propagates untouched. Past ``deadline`` (a
+        ``time.monotonic()`` value) no attempt starts and no backoff waits.
         """
+        failure: CallFailure | None = None
         for number in range(1, self.max_attempts + 1):
+            _check_deadline(deadline, what, failure, number - 1)
             try:
                 return attempt()
             except Exception as exc:
@@ -103,7 +108,7 @@ class RetryPolicy:
                     raise
                 if not failure.retryable or number == self.max_attempts:
                     raise ModelError(_message(what, failure, number)) from exc
-            self.sleep(self.delay(number, failure.retry_after))
+            self.sleep(_until(deadline, self.delay(number, failure.retry_after)))
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def acall(
@@ -111,9 +116,12 @@ class RetryPolicy:
         attempt: Callable[[], Awaitable[_T]],
         classify: Callable[[Exception], CallFailure | None],
         what: str,
+        deadline: float | None = None,
     ) -> _T:
         """The async twin of :meth:`call`: ``attempt`` returns an awaitable."""
+        failure: CallFailure | None = None
         for number in range(1, self.max_attempts + 1):
+            _check_deadline(deadline, what, failure, number - 1)
             try:
                 return await attempt()
             except Exception as exc:
@@ -122,8 +130,38 @@ class RetryPolicy:
                     raise
                 if not failure.retryable or number == self.max_attempts:
                     raise ModelError(_message(what, failure, number)) from exc
-            await self.async_sleep(self.delay(number, failure.retry_after))
+            await self.async_sleep(_until(deadline, self.delay(number, failure.retry_after)))
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def deadline_option(options: Mapping[str, Any]) -> float | None:
+    """The ``deadline`` call option (a ``time.monotonic()`` value by which the call must end,
+    retries included), or ``None``."""
+    value = options.get("deadline")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def attempt_timeout(timeout: Any, deadline: float | None) -> Any:
+    """One attempt's timeout: ``timeout``, cut to the time left before ``deadline``."""
+    if deadline is None:
+        return timeout
+    left = max(deadline - time.monotonic(), 0.001)
+    return min(timeout, left) if isinstance(timeout, int | float) else left
+
+
+def _until(deadline: float | None, pause: float) -> float:
+    return pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic()))
+
+
+def _check_deadline(
+    deadline: float | None, what: str, failure: CallFailure | None, attempts: int
+) -> None:
+    if deadline is not None and time.monotonic() >= deadline:
+        after = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
+        why = f": {failure.reason}" if failure is not None else ""
+        raise ModelError(f"{what}: the run's time budget ran out{after}{why}")
 
 
 def _message(what: str, failure: CallFailure, attempts: int) -> str:
@@ -156,6 +194,9 @@ def classify_sdk_error(exc: Exception, sdk: ModuleType) -> CallFailure | None:
     ``APIStatusError``, ``APITimeoutError``, ``APIConnectionError``)."""
     if isinstance(exc, BadResponseError):
         return CallFailure(_one_line(str(exc)), retryable=True)
+    too_large = exc if isinstance(exc, ResponseTooLarge) else exc.__cause__
+    if isinstance(too_large, ResponseTooLarge):  # sending the request again changes nothing
+        return CallFailure(_one_line(str(too_large)), retryable=False)
     if isinstance(exc, sdk.APIStatusError):
         status = int(exc.status_code)
         retryable = status == 429 or status >= 500

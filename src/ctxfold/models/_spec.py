@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from urllib.parse import urlsplit
 
 from ctxfold.errors import ModelSpecError
@@ -9,7 +10,13 @@ from ctxfold.models._base import Model
 from ctxfold.models.anthropic_model import AnthropicModel
 from ctxfold.models.openai_compat import OpenAIModel
 
-__all__ = ["resolve_model"]
+__all__ = ["foreign_endpoint", "resolve_model"]
+
+# Where each hosted provider sends requests when a spec names no URL: the user's configuration.
+_CONFIGURED = {
+    "openai": ("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+    "anthropic": ("ANTHROPIC_BASE_URL", "https://api.anthropic.com"),
+}
 
 _FORMS = (
     "use 'local', 'local:NAME', 'openai:NAME', 'openai:NAME@http://host:port/v1', "
@@ -52,6 +59,36 @@ def resolve_model(spec: str | Model) -> Model:
             return OpenAIModel(name, base_url=base_url)
         return AnthropicModel(name, base_url=base_url)
     raise ModelSpecError(f"unknown model spec {spec!r}: {_FORMS}")
+
+
+def foreign_endpoint(spec: str) -> str | None:
+    """The endpoint (``scheme://host:port``) a spec sends requests to when that is not where the
+    user's own configuration sends them (``OPENAI_BASE_URL`` / ``ANTHROPIC_BASE_URL``, or the
+    provider's API); ``None`` for a spec that follows the configuration or calls no server
+    (``local``). Clients send the user's API key with every request, so a spec from an untrusted
+    source (a trace, a request body) is checked with this before it is used."""
+    provider, colon, rest = spec.strip().partition(":")
+    provider = provider.lower()
+    if not colon or provider not in _CONFIGURED:
+        return None
+    _, at, url = rest.partition("@")
+    if not at:
+        return None
+    variable, default = _CONFIGURED[provider]
+    configured = os.environ.get(variable) or default
+    wanted, ours = _origin(url.strip()), _origin(configured)
+    return None if wanted == ours else wanted
+
+
+def _origin(url: str) -> str:
+    """``scheme://host:port`` of a URL (the port made explicit), lower-cased."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return url
+    host = (parts.hostname or "").lower()
+    return f"{parts.scheme.lower()}://{host}:{port}"
 
 
 def _split_url(spec: str, rest: str) -> tuple[str, str | None]:

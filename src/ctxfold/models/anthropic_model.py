@@ -16,7 +16,15 @@ from ctxfold.models._base import (
     TokenUsage,
     ToolCompletion,
 )
-from ctxfold.models._retry import BadResponseError, CallFailure, RetryPolicy, classify_sdk_error
+from ctxfold.models._bounded import bounded_transport
+from ctxfold.models._retry import (
+    BadResponseError,
+    CallFailure,
+    RetryPolicy,
+    attempt_timeout,
+    classify_sdk_error,
+    deadline_option,
+)
 from ctxfold.models.openai_compat import _display_url, _SdkClients
 
 if TYPE_CHECKING:
@@ -104,14 +112,15 @@ class AnthropicModel:
         body, request_options = self._request(messages, options)
         cast_to = self._response_type
         assert cast_to is not None
+        deadline = deadline_option(options)
 
         def attempt() -> Completion:
             response = client.post(
-                _MESSAGES_PATH, body=body, cast_to=cast_to, options=request_options
+                _MESSAGES_PATH, body=body, cast_to=cast_to, options=_cut(request_options, deadline)
             )
             return self._parse(response.content)
 
-        return self.retry.call(attempt, self._classify, self._what)
+        return self.retry.call(attempt, self._classify, self._what, deadline)
 
     async def acomplete(self, messages: Sequence[Message], **options: Any) -> Completion:
         """The async form of :meth:`complete`."""
@@ -119,14 +128,15 @@ class AnthropicModel:
         body, request_options = self._request(messages, options)
         cast_to = self._response_type
         assert cast_to is not None
+        deadline = deadline_option(options)
 
         async def attempt() -> Completion:
             response = await client.post(
-                _MESSAGES_PATH, body=body, cast_to=cast_to, options=request_options
+                _MESSAGES_PATH, body=body, cast_to=cast_to, options=_cut(request_options, deadline)
             )
             return self._parse(response.content)
 
-        return await self.retry.acall(attempt, self._classify, self._what)
+        return await self.retry.acall(attempt, self._classify, self._what, deadline)
 
     def close(self) -> None:
         """Close the HTTP clients (a later call opens new ones)."""
@@ -144,14 +154,15 @@ class AnthropicModel:
         body, request_options = self._tools_request(messages, tools, options)
         cast_to = self._response_type
         assert cast_to is not None
+        deadline = deadline_option(options)
 
         def attempt() -> ToolCompletion:
             response = client.post(
-                _MESSAGES_PATH, body=body, cast_to=cast_to, options=request_options
+                _MESSAGES_PATH, body=body, cast_to=cast_to, options=_cut(request_options, deadline)
             )
             return self._parse_tools(response.content)
 
-        return self.retry.call(attempt, self._classify, self._what)
+        return self.retry.call(attempt, self._classify, self._what, deadline)
 
     async def acomplete_with_tools(
         self,
@@ -164,14 +175,15 @@ class AnthropicModel:
         body, request_options = self._tools_request(messages, tools, options)
         cast_to = self._response_type
         assert cast_to is not None
+        deadline = deadline_option(options)
 
         async def attempt() -> ToolCompletion:
             response = await client.post(
-                _MESSAGES_PATH, body=body, cast_to=cast_to, options=request_options
+                _MESSAGES_PATH, body=body, cast_to=cast_to, options=_cut(request_options, deadline)
             )
             return self._parse_tools(response.content)
 
-        return await self.retry.acall(attempt, self._classify, self._what)
+        return await self.retry.acall(attempt, self._classify, self._what, deadline)
 
     async def aclose(self) -> None:
         """Close the HTTP clients, awaiting the async one of the running loop."""
@@ -282,13 +294,15 @@ class AnthropicModel:
         self._response_type = httpx2.Response
         self._classify = functools.partial(classify_sdk_error, sdk=anthropic)
 
-    def _http_options(self) -> dict[str, Any]:
+    def _http_options(self, asynchronous: bool = False) -> dict[str, Any]:
         import httpx2
 
         limits = httpx2.Limits(
             max_connections=_POOL_CONNECTIONS, max_keepalive_connections=_POOL_KEEPALIVE
         )
-        return {"limits": limits, "timeout": self.timeout}
+        kind = httpx2.AsyncHTTPTransport if asynchronous else httpx2.HTTPTransport
+        # response bodies bounded (see _bounded.py)
+        return {"transport": bounded_transport(kind(limits=limits)), "timeout": self.timeout}
 
     def _make_sync(self) -> anthropic.Anthropic:
         import anthropic
@@ -311,8 +325,15 @@ class AnthropicModel:
             base_url=self.base_url,
             timeout=self.timeout,
             max_retries=0,
-            http_client=anthropic.DefaultAsyncHttpxClient(**self._http_options()),
+            http_client=anthropic.DefaultAsyncHttpxClient(**self._http_options(True)),
         )
+
+
+def _cut(options: anthropic.RequestOptions, deadline: float | None) -> anthropic.RequestOptions:
+    """``options`` with the attempt's timeout cut to what is left before ``deadline``."""
+    if deadline is None:
+        return options
+    return {**options, "timeout": attempt_timeout(options.get("timeout"), deadline)}
 
 
 def _wire_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -43,8 +43,16 @@ from ctxfold.models._base import (
     TokenUsage,
     ToolCompletion,
 )
+from ctxfold.models._bounded import bounded_transport
 from ctxfold.models._http import DirectHTTP
-from ctxfold.models._retry import BadResponseError, CallFailure, RetryPolicy, classify_sdk_error
+from ctxfold.models._retry import (
+    BadResponseError,
+    CallFailure,
+    RetryPolicy,
+    attempt_timeout,
+    classify_sdk_error,
+    deadline_option,
+)
 from ctxfold.models._tokens import count_message_tokens, count_tokens
 
 if TYPE_CHECKING:
@@ -152,21 +160,25 @@ class OpenAIModel:
         """One chat completion; :class:`~ctxfold.errors.ModelError` once retries are spent."""
         conn = self._clients.sync()
         payload, timeout = self._encoded(messages, options)
+        deadline = deadline_option(options)
 
         def attempt() -> Completion:
-            return self._parse(self._post(conn, payload, timeout), messages)
+            content = self._post(conn, payload, attempt_timeout(timeout, deadline))
+            return self._parse(content, messages)
 
-        return self.retry.call(attempt, self._classify, self._what)
+        return self.retry.call(attempt, self._classify, self._what, deadline)
 
     async def acomplete(self, messages: Sequence[Message], **options: Any) -> Completion:
         """The async form of :meth:`complete`."""
         conn = self._clients.async_client()
         payload, timeout = self._encoded(messages, options)
+        deadline = deadline_option(options)
 
         async def attempt() -> Completion:
-            return self._parse(await self._apost(conn, payload, timeout), messages)
+            content = await self._apost(conn, payload, attempt_timeout(timeout, deadline))
+            return self._parse(content, messages)
 
-        return await self.retry.acall(attempt, self._classify, self._what)
+        return await self.retry.acall(attempt, self._classify, self._what, deadline)
 
     def close(self) -> None:
         """Close the HTTP clients (a later call opens new ones)."""
@@ -184,11 +196,13 @@ class OpenAIModel:
         :class:`~ctxfold.models._base.ToolModel` for the message and tool formats)."""
         conn = self._clients.sync()
         payload, timeout = self._tools_encoded(messages, tools, options)
+        deadline = deadline_option(options)
 
         def attempt() -> ToolCompletion:
-            return self._parse_tools(self._post(conn, payload, timeout), messages)
+            content = self._post(conn, payload, attempt_timeout(timeout, deadline))
+            return self._parse_tools(content, messages)
 
-        return self.retry.call(attempt, self._classify, self._what)
+        return self.retry.call(attempt, self._classify, self._what, deadline)
 
     async def acomplete_with_tools(
         self,
@@ -199,11 +213,13 @@ class OpenAIModel:
         """The async form of :meth:`complete_with_tools`."""
         conn = self._clients.async_client()
         payload, timeout = self._tools_encoded(messages, tools, options)
+        deadline = deadline_option(options)
 
         async def attempt() -> ToolCompletion:
-            return self._parse_tools(await self._apost(conn, payload, timeout), messages)
+            content = await self._apost(conn, payload, attempt_timeout(timeout, deadline))
+            return self._parse_tools(content, messages)
 
-        return await self.retry.acall(attempt, self._classify, self._what)
+        return await self.retry.acall(attempt, self._classify, self._what, deadline)
 
     async def aclose(self) -> None:
         """Close the HTTP clients, awaiting the async one of the running loop."""
@@ -387,9 +403,7 @@ class OpenAIModel:
         import openai
 
         self._adopt(openai)
-        http = openai.DefaultHttpx2Client(
-            limits=_limits(), timeout=self.timeout, verify=_tls_context()
-        )
+        http = openai.DefaultHttpx2Client(timeout=self.timeout, transport=_transport(False))
         client = openai.OpenAI(
             api_key=self._key,
             base_url=self.base_url,
@@ -405,9 +419,7 @@ class OpenAIModel:
         import openai
 
         self._adopt(openai)
-        http = openai.DefaultAsyncHttpx2Client(
-            limits=_limits(), timeout=self.timeout, verify=_tls_context()
-        )
+        http = openai.DefaultAsyncHttpx2Client(timeout=self.timeout, transport=_transport(True))
         client = openai.AsyncOpenAI(
             api_key=self._key,
             base_url=self.base_url,
@@ -478,6 +490,14 @@ class _AsyncConn:
 
     async def close(self) -> None:
         await self.sdk_client.close()
+
+
+def _transport(asynchronous: bool) -> Any:
+    """The connection pool of one client, its response bodies bounded (see ``_bounded.py``)."""
+    import httpx2
+
+    kind = httpx2.AsyncHTTPTransport if asynchronous else httpx2.HTTPTransport
+    return bounded_transport(kind(limits=_limits(), verify=_tls_context()))
 
 
 def _limits() -> httpx2.Limits:

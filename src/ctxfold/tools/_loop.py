@@ -25,7 +25,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,6 +161,7 @@ def run_tool_loop(
     should_stop: Callable[[], str | None] | None = None,
     model: object | None = None,
     account: Callable[[TokenUsage], None] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Completion:
     """Run one sub-call with tools: at most ``max_turns`` tool calls, then a final reply.
 
@@ -168,8 +169,9 @@ def run_tool_loop(
     each tool call; ``should_stop`` returns a reason (e.g. a spent budget) to end the loop early.
     When ``model`` calls tools natively (a :class:`~ctxfold.models._base.ToolModel` with
     ``native_tools`` set), the loop calls ``model.complete_with_tools`` itself instead of
-    ``complete`` and hands each call's usage to ``account``. Returns the final reply, with the
-    usage of every model call of the loop added up.
+    ``complete`` and hands each call's usage to ``account``, passing it ``options`` (e.g. the
+    run's ``deadline``). Returns the final reply, with the usage of every model call of the loop
+    added up.
     """
     steps = _steps(messages, tools, max_turns, result_chars, on_tool, should_stop, model, account)
 
@@ -177,7 +179,7 @@ def run_tool_loop(
         if isinstance(step, _RunTool):
             return run_tool(step.tool, step.arguments, step.limit)
         if isinstance(step, _AskNative):
-            return step.model.complete_with_tools(step.convo, step.specs)
+            return step.model.complete_with_tools(step.convo, step.specs, **(options or {}))
         return complete(step.convo)
 
     answer: Any = None
@@ -201,6 +203,7 @@ async def arun_tool_loop(
     should_stop: Callable[[], str | None] | None = None,
     model: object | None = None,
     account: Callable[[TokenUsage], None] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Completion:
     """The async twin of :func:`run_tool_loop`: the same turns, limits, messages and reports.
 
@@ -214,7 +217,9 @@ async def arun_tool_loop(
         if isinstance(step, _RunTool):
             return await arun_tool(step.tool, step.arguments, step.limit)
         if isinstance(step, _AskNative):
-            return await step.model.acomplete_with_tools(step.convo, step.specs)
+            return await step.model.acomplete_with_tools(
+                step.convo, step.specs, **(options or {})
+            )
         return await acomplete(step.convo)
 
     answer: Any = None
