@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -103,3 +104,131 @@ class Loot:
     secret_file: Path  # a private key outside the scratch dir
     secret_text: str
     home: Path  # a fake $HOME of the host with ~/.ssh/id_rsa
+
+
+@dataclass
+class Watched:
+    """How a child process that ran an attack ended."""
+
+    returncode: int | None  # None: killed by the watcher
+    output: str
+    peak_mb: float  # the child's peak resident memory
+
+
+def run_watched(source: str, *, cap_mb: float, seconds: float) -> Watched:
+    """Run Python ``source`` in a child process, killing it past ``cap_mb`` of resident memory
+    or ``seconds``: memory and crash attacks run there, so they cannot hurt the test run."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", source],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    peak, killed = 0.0, False
+    deadline = time.monotonic() + seconds
+    while child.poll() is None:
+        rss, hwm = _memory_mb(child.pid)
+        peak = max(peak, rss, hwm)
+        if rss > cap_mb or time.monotonic() > deadline:
+            child.kill()
+            killed = True
+            break
+        time.sleep(0.02)
+    output, _ = child.communicate()
+    return Watched(None if killed else child.returncode, output, peak)
+
+
+def _memory_mb(pid: int) -> tuple[float, float]:
+    """(current, peak) resident memory of ``pid`` in MB."""
+    found = {"VmRSS": 0.0, "VmHWM": 0.0}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in found:
+                found[key] = int(rest.split()[0]) / 1024
+    except (OSError, ValueError):
+        pass
+    return found["VmRSS"], found["VmHWM"]
+
+
+class RawServer:
+    """A TCP server on 127.0.0.1 that reads each HTTP request and answers with ``reply`` bytes
+    as they are (``None``: never answers, holding the connection). ``requests`` counts them."""
+
+    def __init__(self, reply: bytes | None) -> None:
+        import threading
+
+        self._reply = reply
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self._sock.settimeout(0.2)
+        self.requests = 0
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._sock.getsockname()[1]}/v1"
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                continue
+            conn.settimeout(5)
+            data = b""
+            try:
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+                while len(body) < length:
+                    body += conn.recv(65536)
+            except (OSError, StopIteration, ValueError):
+                conn.close()
+                continue
+            self.requests += 1
+            if self._reply is None:
+                self._held.append(conn)
+                continue
+            with contextlib.suppress(OSError):
+                conn.sendall(self._reply)
+            conn.close()
+
+    def __enter__(self) -> RawServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sock.close()
+        for conn in self._held:
+            conn.close()
+
+
+def gzip_bomb(inflated_mib: int) -> bytes:
+    """A gzip body that inflates to ``inflated_mib`` MiB of spaces (built without holding it)."""
+    import zlib
+
+    deflate = zlib.compressobj(1, zlib.DEFLATED, 31)
+    chunk = b" " * 2**20
+    return b"".join([deflate.compress(chunk) for _ in range(inflated_mib)] + [deflate.flush()])
+
+
+def http_reply(body: bytes, *headers: str) -> bytes:
+    """A whole HTTP/1.1 200 answer with ``body`` and extra header lines."""
+    head = ["HTTP/1.1 200 OK", "Content-Type: application/json", *headers]
+    head.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body

@@ -14,6 +14,7 @@ from ctxfold.sandbox._base import (
 )
 from ctxfold.sandbox._isolation import IsolationWarning
 from ctxfold.sandbox._spare import SparePool, WarmHold, keep_warm, stop_spares
+from ctxfold.sandbox._tempdirs import host_temp_dir
 from ctxfold.sandbox.docker import DockerSandbox
 from ctxfold.sandbox.process import ProcessSandbox
 
@@ -30,6 +31,7 @@ __all__ = [
     "SubcallItem",
     "SubcallRequest",
     "WarmHold",
+    "host_temp_dir",
     "keep_warm",
     "make_sandbox",
     "stop_spares",

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import py_compile
+import re
 import select
 import shutil
 import signal
@@ -28,9 +29,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ctxfold.sandbox._tempdirs import host_temp_dir
+
 WORKER_PATH = Path(__file__).with_name("_worker.py")
 HEADER = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024
+# JSON values one frame may hold. Decoded, each costs the host about 50-200 bytes, so a frame of
+# tiny objects would multiply ~25 times in memory; past this bound it is refused undecoded.
+MAX_VALUES = 200_000
+_COUNT_VALUES_OVER = 256 * 1024  # smaller frames cannot hold enough values to matter
+_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_RESULT = re.compile(rb'\s*\{\s*"op"\s*:\s*"result"\s*[,}]')
+_CALL_ID = re.compile(rb'\s*\{\s*"op"\s*:\s*"call"\s*,\s*"id"\s*:\s*(\d{1,15})\s*[,}]')
 SHUTDOWN_WAIT_S = 1.0
 _SEND_TIMEOUT_S = 10.0  # a worker that does not read its channel for this long is given up
 _T = TypeVar("_T")
@@ -53,7 +63,7 @@ def compiled_worker(shown_as: str) -> Path | None:
 @functools.cache
 def _compiled(shown_as: str, mtime_ns: int, size: int) -> Path | None:
     try:
-        folder = tempfile.mkdtemp(prefix="ctxfold-worker-")
+        folder = tempfile.mkdtemp(prefix="ctxfold-worker-", dir=host_temp_dir())
     except OSError:
         return None
     atexit.register(shutil.rmtree, folder, True)
@@ -175,33 +185,86 @@ class OutputDrain:
 
 
 class CellClock:
-    """Time a cell has used, not counting time when a sub-call is outstanding."""
+    """The time a cell has used against its limit.
 
-    def __init__(self, limit: float | None) -> None:
+    Wall time counts while no sub-call of the cell is outstanding. While one is, the cell is
+    meant to be waiting, so only the CPU time the sandbox's processes use meanwhile counts
+    (``cpu``, a reading in seconds): a cell cannot outrun its limit by keeping a sub-call in
+    flight from a thread while it computes. Without ``cpu`` the clock pauses during sub-calls.
+    """
+
+    POLL_S = 0.25  # how often the CPU reading is taken while a sub-call is outstanding
+
+    def __init__(self, limit: float | None, cpu: Callable[[], float] | None = None) -> None:
         self._limit = limit
+        self._cpu = cpu
         self._lock = threading.Lock()
         self._outstanding = 0
         self._used = 0.0
         self._since = time.monotonic()
+        self._cpu_since = 0.0
 
     def call_started(self) -> None:
         with self._lock:
             if self._outstanding == 0:
                 self._used += time.monotonic() - self._since
+                self._cpu_since = self._cpu() if self._cpu else 0.0
             self._outstanding += 1
 
     def call_finished(self) -> None:
         with self._lock:
             self._outstanding -= 1
             if self._outstanding == 0:
+                self._used += self._cpu() - self._cpu_since if self._cpu else 0.0
                 self._since = time.monotonic()
 
     def remaining(self) -> float | None:
-        """Seconds left, or ``None`` while the clock is not running (no limit, or waiting)."""
+        """Seconds left, or ``None`` while the clock is not running (no limit, or waiting on a
+        sub-call with no CPU reading)."""
         with self._lock:
-            if self._limit is None or self._outstanding:
+            if self._limit is None:
                 return None
-            return self._limit - self._used - (time.monotonic() - self._since)
+            if not self._outstanding:
+                return self._limit - self._used - (time.monotonic() - self._since)
+            if self._cpu is None:
+                return None
+            return self._limit - self._used - (self._cpu() - self._cpu_since)
+
+    def next_check(self, remaining: float | None) -> float | None:
+        """How long the host may wait before looking at :meth:`remaining` again."""
+        if remaining is None:
+            return None
+        return min(remaining, self.POLL_S) if self._outstanding else remaining
+
+
+class CallGate:
+    """Bounds the sub-call requests of one sandbox that wait for an answer: at most
+    ``max_calls`` requests and ``max_bytes`` of their frames at once (the host's memory for
+    queued calls stays bounded whatever the worker sends)."""
+
+    def __init__(self, max_calls: int = 64, max_bytes: int = 256 * 1024 * 1024) -> None:
+        self._max_calls, self._max_bytes = max_calls, max_bytes
+        self._lock = threading.Lock()
+        self._calls = 0
+        self._bytes = 0
+
+    def admit(self, size: int) -> str | None:
+        """Count one request of ``size`` bytes in; the reason it is refused, if it is."""
+        with self._lock:
+            if self._calls >= self._max_calls or self._bytes + size > self._max_bytes:
+                return (
+                    f"too many sub-call requests at once ({self._calls} waiting, "
+                    f"{self._bytes:,} bytes); wait for their answers before sending more"
+                )
+            self._calls += 1
+            self._bytes += size
+            return None
+
+    def release(self, size: int) -> None:
+        """Count an admitted request out (it was answered)."""
+        with self._lock:
+            self._calls -= 1
+            self._bytes -= size
 
 
 class WorkerProcess:
@@ -301,6 +364,11 @@ class WorkerProcess:
 
     def read_messages(self) -> tuple[list[Any], bool]:
         """Decode the frames that have arrived; also whether the channel reached EOF."""
+        frames, eof = self.read_frames()
+        return [message for message, _ in frames], eof
+
+    def read_frames(self) -> tuple[list[tuple[Any, int]], bool]:
+        """Like :meth:`read_messages`, with each message's size in bytes on the channel."""
         chunks: list[bytes] = []
         eof = False
         for _ in range(64):  # at most 16 MiB per call, so a flood cannot starve the loop
@@ -317,8 +385,8 @@ class WorkerProcess:
         self._buffer += b"".join(chunks)
         return self._decode(), eof
 
-    def _decode(self) -> list[Any]:
-        messages: list[Any] = []
+    def _decode(self) -> list[tuple[Any, int]]:
+        messages: list[tuple[Any, int]] = []
         offset = 0
         while len(self._buffer) - offset >= HEADER.size:
             (size,) = HEADER.unpack_from(self._buffer, offset)
@@ -329,7 +397,7 @@ class WorkerProcess:
                 break
             # A frame that is not JSON is dropped; so is one nested too deeply to decode.
             with contextlib.suppress(ValueError, RecursionError):
-                messages.append(json.loads(self._buffer[offset + HEADER.size : end]))
+                messages.append((_decoded(bytes(self._buffer[offset + HEADER.size : end])), size))
             offset = end
         del self._buffer[:offset]
         return messages
@@ -343,6 +411,25 @@ class WorkerProcess:
         except ChildProcessError:
             return True
         return info is not None
+
+    def inner_pid(self) -> int | None:
+        """The first process below the one the host started (under bubblewrap: the sandbox's
+        init, whose ``/proc/PID/root`` is the sandbox's filesystem), if there is one."""
+        children = _children_of(self.pid)
+        return children[0] if children else None
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system, reaped children included) of the process the host started
+        and every process below it: the worker, its threads and what it started."""
+        total, todo, seen = 0, [self.pid], set()
+        while todo:
+            pid = todo.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            total += _cpu_ticks(pid)
+            todo += _children_of(pid)
+        return total / _TICKS
 
     def interrupt(self) -> None:
         """Interrupt the running cell (a KeyboardInterrupt in the worker's main thread)."""
@@ -408,6 +495,69 @@ class WorkerProcess:
         if self._shifted_exit_codes and code is not None and 128 < code <= 128 + 64:
             code = 128 - code
         return describe_exit(code)
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_ticks(pid: int) -> int:
+    """utime + stime + cutime + cstime of ``pid`` in clock ticks (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:  # noqa: PTH123 - hot path, no Path
+            fields = stat.read().rpartition(b")")[2].split()
+        return sum(int(f) for f in fields[11:15])
+    except (OSError, ValueError):
+        return 0
+
+
+def _children_of(pid: int) -> list[int]:
+    """The children of every thread of ``pid``."""
+    found: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):  # noqa: PTH208 - hot path
+            with open(f"/proc/{pid}/task/{task}/children", "rb") as listed:  # noqa: PTH123
+                found += [int(child) for child in listed.read().split()]
+    except (OSError, ValueError):
+        pass
+    return found
+
+
+def json_values(payload: bytes, limit: int = MAX_VALUES) -> int:
+    """An upper bound on the JSON values in ``payload``, counted without decoding it (every
+    string, plus every comma and opening bracket outside strings); counting stops once it
+    passes ``limit``, so a frame of millions of tiny values costs little to refuse."""
+    count, start = 1, 0
+    for match in _STRINGS.finditer(payload):
+        count += 1 + _structure(payload, start, match.start())
+        if count > limit:
+            return count
+        start = match.end()
+    return count + _structure(payload, start, len(payload))
+
+
+def _structure(payload: bytes, start: int, end: int) -> int:
+    return sum(payload.count(mark, start, end) for mark in (b",", b"[", b"{"))
+
+
+def _decoded(payload: bytes) -> Any:
+    """One frame's message. A frame holding more than :data:`MAX_VALUES` values is not decoded:
+    a ``call`` becomes ``{"op": "call", "id": ..., "refused": why}`` (answered with that error:
+    code may pass a big value to ``rlm_query``); a cell's ``result`` that cannot be read breaks
+    the channel (the worker is replaced); anything else is dropped, as garbage is."""
+    if len(payload) > _COUNT_VALUES_OVER:
+        values = json_values(payload)
+        if values > MAX_VALUES:
+            if _RESULT.match(payload):
+                raise ChannelError(f"sent a result of over {MAX_VALUES:,} values (over the limit)")
+            call = _CALL_ID.match(payload)
+            if call is None:
+                raise ValueError("too many values: dropped")
+            why = (
+                f"the request holds over {MAX_VALUES:,} JSON values: send fewer items at "
+                "once, or big data as one string"
+            )
+            return {"op": "call", "id": int(call[1]), "refused": why}
+    return json.loads(payload)
 
 
 def _await_exits(pidfds: list[int], timeout: float) -> None:

@@ -21,6 +21,7 @@ What the fallbacks leave open is documented on :class:`ProcessSandbox`.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import functools
@@ -67,23 +68,45 @@ class IsolationWarning(UserWarning):
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Resource limits the worker sets on itself before any model code runs."""
+    """Resource limits of one sandbox. The worker sets the rlimits on itself before any model
+    code runs; under bubblewrap the scratch folder, ``/tmp`` and ``/dev/shm`` are RAM-backed
+    mounts of bounded size, counted within ``memory_mb`` (the address-space limit is what is
+    left of it)."""
 
     memory_mb: int = 8192
     cpu_seconds: int = 3600
     max_processes: int = 256
     max_file_mb: int = 1024
     open_files: int = 1024
+    scratch_mb: int = 1024
+    tmp_mb: int = 256  # /tmp, and /dev/shm as much again
 
-    def to_worker(self, uid: int | None, *, processes: bool = True) -> str:
-        """The JSON argument the worker reads. ``uid``: drop to it (root hosts only)."""
-        spec: dict[str, int | None] = {
-            "memory_mb": self.memory_mb,
+    @property
+    def ram_folders_mb(self) -> int:
+        """What the RAM-backed folders may hold in all."""
+        return self.scratch_mb + 2 * self.tmp_mb
+
+    def to_worker(
+        self,
+        uid: int | None,
+        *,
+        processes: bool = True,
+        ram_folders: bool = False,
+        seccomp: bytes | None = None,
+    ) -> str:
+        """The JSON argument the worker reads. ``uid``: drop to it (root hosts only).
+        ``ram_folders``: the folders are RAM-backed mounts, so the address space gets what is
+        left of ``memory_mb``. ``seccomp``: a filter the worker loads itself (when no wrapper
+        loads one for it)."""
+        memory = self.memory_mb - (self.ram_folders_mb if ram_folders else 0)
+        spec: dict[str, int | str | None] = {
+            "memory_mb": memory,
             "cpu_seconds": self.cpu_seconds,
             "file_mb": self.max_file_mb,
             "open_files": self.open_files,
             "processes": self.max_processes if processes else None,
             "uid": uid,
+            "seccomp": base64.b64encode(seccomp).decode("ascii") if seccomp else None,
         }
         return json.dumps(spec, separators=(",", ":"))
 
@@ -100,6 +123,7 @@ class Plan:
     # exit codes 129..192 mean "killed by signal code-128" (bubblewrap reports them so)
     shifted_exit_codes: bool = False
     uid: int | None = None  # the uid the worker drops to (root hosts), else None
+    sized: bool = True  # bubblewrap can bound its tmpfs mounts (--size, bubblewrap >= 0.7)
 
     def worker_uid(self, python: str) -> int | None:
         """The uid the worker is to drop to. Outside bubblewrap the dropped worker must still
@@ -120,11 +144,15 @@ class Plan:
         *,
         scratch: str,
         inputs: Sequence[str],
+        limits: Limits,
+        seccomp_fd: int | None = None,
     ) -> list[str]:
         """The full argv that starts the worker under this plan."""
         if self.level != BWRAP:
             return [*self.prefix, python, "-I", "-u", str(worker), *worker_args]
-        view = _bwrap_view(python, worker, scratch, inputs)
+        view = _bwrap_view(python, worker, scratch, inputs, limits if self.sized else None)
+        if seccomp_fd is not None:
+            view += ["--seccomp", str(seccomp_fd)]
         inside = f"{WORKER_DIR}/{worker.name}"
         return [*self.prefix, *view, python, "-I", "-u", inside, *worker_args]
 
@@ -142,7 +170,14 @@ def plan_for(isolate: bool | None) -> Plan:
         )
     uid = _UID_BASE + secrets.randbelow(_UID_SPAN) if os.geteuid() == 0 else None
     if level == BWRAP:
-        return Plan(level, prefix, signals_reach_worker=False, shifted_exit_codes=True, uid=uid)
+        return Plan(
+            level,
+            prefix,
+            signals_reach_worker=False,
+            shifted_exit_codes=True,
+            uid=uid,
+            sized=_bwrap_sizes(prefix[0]),
+        )
     if os.geteuid() != 0:
         _protect_host()
     return Plan(level, prefix, uid=uid)
@@ -167,6 +202,19 @@ def _best() -> tuple[str, tuple[str, ...]]:
 _PROBE_VIEW = ("--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev")
 
 
+@functools.cache
+def _bwrap_sizes(bwrap: str) -> bool:
+    """Whether this bubblewrap can bound a tmpfs (``--size``); said once when it cannot."""
+    probe = [*_bwrap_base(bwrap), *_PROBE_VIEW, "--size", "1048576", "--tmpfs", "/tmp", "true"]
+    if _runs(probe):
+        return True
+    _warn_once(
+        "this bubblewrap cannot bound the size of a tmpfs (--size needs bubblewrap 0.7): the "
+        "sandbox's scratch folder, /tmp and /dev/shm are not bounded"
+    )
+    return False
+
+
 def _bwrap_base(bwrap: str) -> list[str]:
     args = [bwrap, "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
     args += ["--unshare-cgroup-try", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
@@ -174,7 +222,7 @@ def _bwrap_base(bwrap: str) -> list[str]:
         args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
         args += ["--unshare-user"]  # RLIMIT_NPROC then counts this sandbox's processes only
-    args += ["--hostname", "sandbox", "--perms", "1777", "--tmpfs", "/tmp"]
+    args += ["--hostname", "sandbox"]
     return args
 
 
@@ -206,20 +254,31 @@ def _protect_host() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
 
 
-def _bwrap_view(python: str, worker: Path, scratch: str, inputs: Sequence[str]) -> list[str]:
-    """bubblewrap options that build the worker's filesystem (after the base options)."""
-    args: list[str] = []
+def _bwrap_view(
+    python: str, worker: Path, scratch: str, inputs: Sequence[str], limits: Limits | None
+) -> list[str]:
+    """bubblewrap options that build the worker's filesystem (after the base options). With
+    ``limits``, ``/tmp``, ``/dev/shm`` and the scratch folder are tmpfs mounts of bounded size;
+    without (an old bubblewrap), ``/tmp`` and ``/dev/shm`` are unbounded and the scratch folder
+    is the host's, bound read-write."""
+
+    def tmpfs(path: str, mb: int | None) -> list[str]:
+        size = ["--size", str(mb * 1024 * 1024)] if mb is not None else []
+        return [*size, "--perms", "1777", "--tmpfs", path]
+
+    tmp_mb = limits.tmp_mb if limits else None
+    args: list[str] = tmpfs("/tmp", tmp_mb)
     for top in map(Path, _SYSTEM_DIRS):
         if top.is_symlink():
             args += ["--symlink", str(top.readlink()), str(top)]
         elif top.is_dir():
             args += ["--ro-bind", str(top), str(top)]
-    args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm"]
+    args += ["--proc", "/proc", "--dev", "/dev", *tmpfs("/dev/shm", tmp_mb)]
     binds = [(p, p, "--ro-bind-try") for p in _ETC_FILES if Path(p).exists()]
     binds += [(p, p, "--ro-bind") for p in interpreter_dirs(python)]
     binds += [(p, p, "--ro-bind-try") for p in inputs]  # a missing one: the worker says so
     binds += [(str(worker), f"{WORKER_DIR}/{worker.name}", "--ro-bind")]
-    binds += [(scratch, scratch, "--bind")]
+    binds += [(scratch, scratch, "--tmpfs" if limits else "--bind")]
     made = {"/", "/tmp", "/dev", "/proc", *_SYSTEM_DIRS}
     for source, dest, how in binds:
         # parents made here are 0755 (bubblewrap would make them 0700: unusable after the uid drop)
@@ -227,7 +286,11 @@ def _bwrap_view(python: str, worker: Path, scratch: str, inputs: Sequence[str]) 
             if str(parent) not in made and not any(_inside(str(parent), d) for d in _SYSTEM_DIRS):
                 made.add(str(parent))
                 args += ["--perms", "0755", "--dir", str(parent)]
-        args += [how, source, dest]
+        if how == "--tmpfs":
+            assert limits is not None
+            args += tmpfs(dest, limits.scratch_mb)
+        else:
+            args += [how, source, dest]
     return [*args, "--chdir", scratch]
 
 

@@ -21,13 +21,21 @@ from ctxfold.sandbox._base import (
 
 _MAX_ANSWER_CHARS = 4_100_000
 _MAX_TOOL_NAME = 64
+MAX_ITEMS = 4096  # items in one call message (the worker splits bigger batches)
+_MAX_RESTORED = 64  # names in a cell's "restored" list ...
+_MAX_NAME = 80  # ... each at most this long
 
 
-def serve_call(handler: SubcallHandler, message: dict[str, Any]) -> list[str] | dict[str, Any]:
+def serve_call(
+    handler: SubcallHandler, message: dict[str, Any]
+) -> list[str] | dict[str, Any] | str:
     """Answer one ``call`` message through ``handler``: a list with one answer per item (an
-    error text in the slot of an invalid item), or a dict for ``budget``. Never raises."""
+    error text in the slot of an invalid item), a dict for ``budget``, or one error text for
+    every slot of a request that is refused whole. Never raises."""
     kind, raw_items = message.get("kind"), message.get("items")
     items = raw_items if isinstance(raw_items, list) else []
+    if len(items) > MAX_ITEMS:
+        return f"[error: {len(items):,} items in one request; at most {MAX_ITEMS:,}]"
     if kind == "budget":
         try:
             reply = handler(SubcallRequest("budget", ()))
@@ -54,15 +62,23 @@ def cell_result(message: dict[str, Any], limit: int) -> CellResult:
     """The :class:`CellResult` a ``result`` message describes, each text cut to ``limit``
     (``timed_out``, ``duration_s`` and ``answer_changed`` are left for the caller to set)."""
     error = message.get("error")
-    restored = message.get("restored")
     return CellResult(
         stdout=cut(_text(message, "stdout"), limit),
         stderr=cut(_text(message, "stderr"), limit),
         error=cut(error, limit) if isinstance(error, str) else None,
         answer=_answer_of(message.get("answer")),
-        answer_changed=bool(message.get("answer_changed")),
-        restored=[r for r in restored if isinstance(r, str)] if isinstance(restored, list) else [],
+        answer_changed=message.get("answer_changed") is True,
+        restored=_restored_names(message.get("restored")),
     )
+
+
+def _restored_names(value: Any) -> list[str]:
+    """The scaffold names a cell overwrote (the worker restored them): at most
+    ``_MAX_RESTORED`` strings of at most ``_MAX_NAME`` characters, with a note of the rest."""
+    names = [v[:_MAX_NAME] for v in value if isinstance(v, str)] if isinstance(value, list) else []
+    if len(names) > _MAX_RESTORED:
+        names = [*names[: _MAX_RESTORED - 1], f"... and {len(names) - _MAX_RESTORED + 1:,} more"]
+    return names
 
 
 def _parse_item(item: Any, kind: str) -> SubcallItem | str:

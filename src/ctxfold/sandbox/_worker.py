@@ -8,8 +8,9 @@ pipe the host drains, so nothing model code writes there can pass for a channel 
 channel comes in on fd 0 and goes out on fd 1: both are moved aside at once and fd 1 is pointed at
 fd 2 (the drained stream) before any model code runs.
 
-``LIMITS`` (JSON) are the resource limits the worker sets on itself at start-up, and the ``uid`` a
-worker started as root drops to after loading its inputs (see ``sandbox/_isolation.py``).
+``LIMITS`` (JSON) are the resource limits the worker sets on itself at start-up, the ``uid`` a
+worker started as root drops to after loading its inputs (see ``sandbox/_isolation.py``), and
+``seccomp``, a system-call filter it loads on itself where no wrapper did (``_seccomp.py``).
 
 The worker says ``started`` once it is set up, then waits for ``init`` (a spare worker waits there
 until a sandbox adopts it, see ``sandbox/_spare.py``), answers ``ready``, and serves cells.
@@ -55,11 +56,14 @@ if TYPE_CHECKING:
 _HEADER = struct.Struct(">I")
 _MMAP_MIN_BYTES = 64 * 1024 * 1024  # text files at least this big are decoded from an mmap
 _MAX_SEND = 48 * 1024 * 1024  # one outgoing frame (the host refuses frames over 64 MiB)
+_MAX_ITEMS = 4096  # sub-call items in one frame (the host's limit)
+_WINDOW = 8  # frames of one batch awaiting an answer at once (the host holds at most 64)
 _MAX_ANSWER_CHARS = 4_000_000
 _MAX_TOOL_BYTES = 1024 * 1024  # one tool call's arguments (the host allows far less)
 _ASYNC_FLAGS = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
 _NOBODY = 65534
 _MIB = 1024 * 1024
+_PR_SET_NO_NEW_PRIVS, _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 38, 22, 2
 # Bound once: model code that patches json or os must not break the channel.
 _dumps, _loads, _write = json.dumps, json.loads, os.write
 
@@ -268,18 +272,22 @@ class _Channel:
                 self.inbox.put(message)
 
     def call(self, kind: str, encoded_items: list[bytes]) -> list[Any]:
-        """Send items (pre-encoded JSON objects) in as few frames as fit; return the replies."""
+        """Send items (pre-encoded JSON objects) in as few frames as fit, at most
+        ``_MAX_ITEMS`` each and ``_WINDOW`` awaiting an answer at once; return the replies."""
         frames: list[list[bytes]] = [[]]
         size = 0
         for item in encoded_items:
-            if frames[-1] and size + len(item) > _MAX_SEND - 1024:
+            full = len(frames[-1]) >= _MAX_ITEMS or size + len(item) > _MAX_SEND - 1024
+            if frames[-1] and full:
                 frames.append([])
                 size = 0
             frames[-1].append(item)
             size += len(item) + 1
         waits: list[tuple[int, _Pending, int]] = []
         try:
-            for chunk in frames:
+            for number, chunk in enumerate(frames):
+                if number >= _WINDOW:  # the host bounds the requests it holds for us
+                    waits[number - _WINDOW][1].done.wait()
                 pending = _Pending()
                 with self._pending_lock:
                     self._next_id += 1
@@ -302,6 +310,8 @@ class _Channel:
 def _reply_slots(value: Any, count: int) -> list[Any]:
     if count == 0:
         return [value]
+    if isinstance(value, str):  # the host refused the whole request: its reason in every slot
+        return [value] * count
     if not isinstance(value, list):
         return ["[error: the host sent no answer for this sub-call]"] * count
     slots = [v if isinstance(v, str) else f"[error: bad reply {v!r:.80}]" for v in value[:count]]
@@ -826,6 +836,29 @@ def _apply_limits(limits: dict[str, Any]) -> None:
         current = resource.getrlimit(res)[1]
         top = hard if current == resource.RLIM_INFINITY else min(hard, current)
         resource.setrlimit(res, (min(soft, top), top))
+    if isinstance(limits.get("seccomp"), str):
+        _load_filter(limits["seccomp"])
+
+
+def _load_filter(encoded: str) -> None:
+    """Load the host's seccomp program (base64 of ``struct sock_filter`` entries) on this
+    process, before any thread starts, so every thread and child inherits it. Used where no
+    wrapper (bubblewrap) loads it; ``no_new_privs`` is set first, as the kernel requires."""
+    import base64
+    import ctypes
+
+    program = base64.b64decode(encoded)
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    class _Program(ctypes.Structure):
+        _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+    code = ctypes.create_string_buffer(program, len(program))
+    prog = _Program(len(program) // 8, ctypes.cast(code, ctypes.c_void_p))
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+    if libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")
 
 
 def _tasks_of(uid: int) -> int:

@@ -36,6 +36,7 @@ from ctxfold.sandbox._base import (
 from ctxfold.sandbox._cleanup import remove_soon
 from ctxfold.sandbox._host import (
     WORKER_PATH,
+    CallGate,
     CellClock,
     ChannelError,
     WorkerProcess,
@@ -44,9 +45,12 @@ from ctxfold.sandbox._host import (
 )
 from ctxfold.sandbox._isolation import BWRAP, NONE, WORKER_INSIDE, Limits, Plan, kill_uid, plan_for
 from ctxfold.sandbox._messages import cell_result, serve_call
+from ctxfold.sandbox._seccomp import filter_fd, syscall_filter
 from ctxfold.sandbox._spare import POOL, SparePool, stage_inputs
+from ctxfold.sandbox._tempdirs import host_temp_dir
 
 _INTERRUPT_GRACE_S = 2.0
+_MIN_ADDRESS_SPACE_MB = 64
 _RESIGNAL_S = 0.5
 _LOST = "A fresh worker was started: every variable was lost (the input was reloaded)."
 _PASSED_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -64,10 +68,17 @@ class ProcessSandbox:
         startup_timeout: seconds the worker may take to start and load the inputs.
         isolate: ``None`` (default): the best isolation this machine allows; ``True``: require
             bubblewrap (else :class:`SandboxError`); ``False``: none at all (for debugging).
-        memory_mb: the worker's address-space limit (per process it starts, too).
+        memory_mb: the sandbox's memory. Under bubblewrap the RAM-backed folders below come
+            out of it and the rest is the address-space limit of each process it starts;
+            elsewhere all of it is.
         cpu_seconds: CPU time the worker may use over its life (it is then restarted).
         max_processes: processes and threads the sandbox may have at once.
         max_file_mb: the largest file the worker may write.
+        scratch_mb: under bubblewrap, what the scratch folder (the working directory) may hold
+            in all: it is a tmpfs (default: ``memory_mb // 8``, at most 1024). Elsewhere it is a
+            host folder bounded per file only.
+        tmp_mb: under bubblewrap, what ``/tmp`` may hold, and ``/dev/shm`` as much again
+            (default: ``memory_mb // 16``, at most 256).
         spare: start from a worker started beforehand for this configuration, if one is
             ready, and leave a fresh one behind at :meth:`close`, while the pool is held: the
             process-wide pool when :func:`ctxfold.sandbox.keep_warm` holds it, else the
@@ -79,8 +90,11 @@ class ProcessSandbox:
 
     - ``"bwrap+netns+rlimits"``: bubblewrap namespaces (no network; only the sandbox's own
       processes visible, all killed with it; the filesystem view described in
-      ``_isolation.py``) and the limits. On a root host the worker runs as a uid of its own
-      without capabilities.
+      ``_isolation.py``, its writable folders RAM-backed and bounded) and the limits. On a root
+      host the worker runs as a uid of its own without capabilities.
+
+    At every level but ``"none"`` a seccomp filter refuses new user namespaces and a few risky
+    kernel interfaces (see ``_seccomp.py``).
     - ``"unshare-net+rlimits"`` (no bubblewrap): no network, the limits. The worker sees the
       host's filesystem and processes. On a root host it runs as a uid of its own (if its
       interpreter is readable by an unprivileged user; else it stays root, with a warning), so
@@ -111,16 +125,27 @@ class ProcessSandbox:
         cpu_seconds: int = 3600,
         max_processes: int = 256,
         max_file_mb: int = 1024,
+        scratch_mb: int | None = None,
+        tmp_mb: int | None = None,
         spare: bool | SparePool = True,
     ) -> None:
+        scratch_mb = min(1024, memory_mb // 8) if scratch_mb is None else scratch_mb
+        tmp_mb = min(256, memory_mb // 16) if tmp_mb is None else tmp_mb
         for name, value in (
             ("memory_mb", memory_mb),
             ("cpu_seconds", cpu_seconds),
             ("max_processes", max_processes),
             ("max_file_mb", max_file_mb),
+            ("scratch_mb", scratch_mb),
+            ("tmp_mb", tmp_mb),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SandboxError(f"{name} must be a whole number >= 1, got {value!r}")
+        if memory_mb - scratch_mb - 2 * tmp_mb < _MIN_ADDRESS_SPACE_MB:
+            raise SandboxError(
+                f"memory_mb={memory_mb} leaves under {_MIN_ADDRESS_SPACE_MB} MiB for the worker "
+                f"once scratch_mb={scratch_mb} and twice tmp_mb={tmp_mb} are taken out"
+            )
         self._python = python or sys.executable
         self._extra_env = dict(env or {})
         self._startup_timeout = startup_timeout
@@ -131,6 +156,8 @@ class ProcessSandbox:
             cpu_seconds=cpu_seconds,
             max_processes=max_processes,
             max_file_mb=max_file_mb,
+            scratch_mb=scratch_mb,
+            tmp_mb=tmp_mb,
         )
         # what a spare for this sandbox's successor is made with (see _spare.py)
         self._options: dict[str, Any] = {
@@ -143,6 +170,8 @@ class ProcessSandbox:
             "cpu_seconds": cpu_seconds,
             "max_processes": max_processes,
             "max_file_mb": max_file_mb,
+            "scratch_mb": scratch_mb,
+            "tmp_mb": tmp_mb,
         }
         self._spare = spare
         self._staging: str | None = None  # a spare's inputs directory (bound read-only)
@@ -159,11 +188,19 @@ class ProcessSandbox:
         self._exec_lock = threading.Lock()
         self._answer = AnswerState()
         self._cells = 0
+        self._calls = CallGate()
 
     @property
     def scratch_dir(self) -> str | None:
-        """The worker's working directory (removed by :meth:`close`)."""
-        return self._scratch
+        """The worker's working directory, as the host reaches it. Under bubblewrap it is a
+        tmpfs of ``scratch_mb`` inside the sandbox, reached through ``/proc/PID/root`` while
+        the worker runs; otherwise a host folder. Gone after :meth:`close`."""
+        worker, scratch = self._worker, self._scratch
+        if worker is not None and scratch is not None and self._plan.level == BWRAP:
+            inner = worker.inner_pid() if self._plan.sized else None
+            if inner is not None:
+                return f"/proc/{inner}/root{scratch}"
+        return scratch
 
     @property
     def worker_pid(self) -> int | None:
@@ -211,7 +248,7 @@ class ProcessSandbox:
             self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="ctxfold-subcall")
             worker = self._adopt_spare()
             if worker is None:
-                self._scratch = tempfile.mkdtemp(prefix="ctxfold-sbx-")
+                self._scratch = tempfile.mkdtemp(prefix="ctxfold-sbx-", dir=host_temp_dir())
                 worker = self._launch()
             self._worker = worker
         except BaseException:
@@ -270,9 +307,9 @@ class ProcessSandbox:
         spare._output_limit = output_limit
         _LIVE.add(spare)
         try:
-            spare._scratch = tempfile.mkdtemp(prefix="ctxfold-sbx-")
+            spare._scratch = tempfile.mkdtemp(prefix="ctxfold-sbx-", dir=host_temp_dir())
             if spare._plan.level == BWRAP:  # its view is made now: the inputs go in here later
-                spare._staging = tempfile.mkdtemp(prefix="ctxfold-sbx-in-")
+                spare._staging = tempfile.mkdtemp(prefix="ctxfold-sbx-in-", dir=host_temp_dir())
             if cancelled.is_set():
                 raise SandboxError("the spare is no longer wanted")
             spare._worker = spare._open_worker()
@@ -396,21 +433,31 @@ class ProcessSandbox:
         if os.path.realpath(python) == os.path.realpath(sys.executable):  # bytecode fits it
             shown_as = WORKER_INSIDE if plan.level == BWRAP else str(WORKER_PATH)
             program = compiled_worker(shown_as) or WORKER_PATH
+        bwrapped = plan.level == BWRAP
+        seccomp = syscall_filter() if plan.level != NONE else None
+        seccomp_fd = filter_fd(seccomp) if seccomp and bwrapped else None
+        passed = (to_worker_r, from_worker_w) + ((seccomp_fd,) if seccomp_fd is not None else ())
         try:
             if plan.level != NONE:
-                args.append(self._limits.to_worker(plan.worker_uid(python)))
+                args.append(
+                    self._limits.to_worker(
+                        plan.worker_uid(python),
+                        ram_folders=bwrapped and plan.sized,
+                        seccomp=None if bwrapped else seccomp,  # bubblewrap loads it itself
+                    )
+                )
             argv = plan.command(
                 python,
                 program,
                 args,
                 scratch=self._scratch,
                 inputs=inputs,
+                limits=self._limits,
+                seccomp_fd=seccomp_fd,
             )
             env, cwd = self._worker_env(), self._scratch
             proc = spawn(
-                lambda: self._spawn(
-                    argv, env=env, cwd=cwd, pass_fds=(to_worker_r, from_worker_w), output_fd=out_w
-                )
+                lambda: self._spawn(argv, env=env, cwd=cwd, pass_fds=passed, output_fd=out_w)
             )
         except (OSError, subprocess.SubprocessError, SandboxError) as exc:
             for fd in (to_worker_w, from_worker_r, out_r):
@@ -423,6 +470,8 @@ class ProcessSandbox:
         finally:
             for fd in (to_worker_r, from_worker_w, out_w):
                 os.close(fd)
+            if seccomp_fd is not None:
+                os.close(seccomp_fd)
         try:
             return WorkerProcess(
                 proc,
@@ -524,7 +573,7 @@ class ProcessSandbox:
             if worker is None:
                 raise SandboxError("the sandbox worker is not running (it could not be restarted)")
             started = time.monotonic()
-            clock = CellClock(timeout)
+            clock = CellClock(timeout, cpu=worker.cpu_seconds)
             result: dict[str, Any] | None = None
             interrupted, failure = False, "stopped answering"
             self._cells += 1
@@ -547,10 +596,11 @@ class ProcessSandbox:
         while True:
             now = time.monotonic()
             if interrupted_at is None:
-                wait = clock.remaining()
-                if wait is not None and wait <= 0:
+                left = clock.remaining()
+                if left is not None and left <= 0:
                     interrupted_at = next_signal = now
                     continue
+                wait = clock.next_check(left)
             else:
                 if now >= interrupted_at + _INTERRUPT_GRACE_S:
                     return None, True, "did not stop when interrupted"
@@ -562,15 +612,15 @@ class ProcessSandbox:
             if wake in worker.wait(wait, wake):
                 self._drain_wake()
             try:
-                messages, eof = worker.read_messages()
+                frames, eof = worker.read_frames()
             except ChannelError as exc:
                 return None, interrupted_at is not None, str(exc)
-            for message in messages:
+            for message, size in frames:
                 op = message.get("op") if isinstance(message, dict) else None
                 if op == "result" and message.get("cell") == cell_id:  # not a stale or forged one
                     return message, interrupted_at is not None, ""
                 if op == "call":
-                    self._dispatch_call(worker, message, clock)
+                    self._dispatch_call(worker, message, size, clock)
             if eof or worker.exited():
                 return None, interrupted_at is not None, "closed its channel"
 
@@ -589,7 +639,7 @@ class ProcessSandbox:
         if interrupted:
             note = (
                 f"TimeoutError: the cell ran past its time limit of {timeout:g} s (time spent "
-                "waiting on sub-calls is not counted) and was interrupted."
+                "waiting on sub-calls counts only while the sandbox computes) and was interrupted."
             )
             result.error = f"{note}\n{result.error}" if result.error else note
         result.timed_out = interrupted
@@ -637,25 +687,40 @@ class ProcessSandbox:
     # ---- sub-calls ----
 
     def _dispatch_call(
-        self, worker: WorkerProcess, message: dict[str, Any], clock: CellClock
+        self, worker: WorkerProcess, message: dict[str, Any], size: int, clock: CellClock
     ) -> None:
+        """Hand a ``call`` to the pool, or answer it at once with an error when it was refused
+        undecoded or would take the requests waiting for an answer past their bounds."""
         call_id = message.get("id")
         if not isinstance(call_id, int) or isinstance(call_id, bool) or self._pool is None:
             return
+        refused = message.get("refused")
+        if not isinstance(refused, str):
+            refused = self._calls.admit(size)
+        if refused is not None:
+            worker.send({"op": "reply", "id": call_id, "results": f"[error: {refused}]"})
+            return
         clock.call_started()
         try:
-            self._pool.submit(self._answer_call, worker, call_id, message, clock)
+            self._pool.submit(self._answer_call, worker, call_id, message, size, clock)
         except RuntimeError:  # the pool is shut down: the sandbox is closing
+            self._calls.release(size)
             clock.call_finished()
 
     def _answer_call(
-        self, worker: WorkerProcess, call_id: int, message: dict[str, Any], clock: CellClock
+        self,
+        worker: WorkerProcess,
+        call_id: int,
+        message: dict[str, Any],
+        size: int,
+        clock: CellClock,
     ) -> None:
-        results: list[str] | dict[str, Any] = []
+        results: list[str] | dict[str, Any] | str = []
         try:
             assert self._handler is not None
             results = serve_call(self._handler, message)
         finally:
+            self._calls.release(size)
             worker.send({"op": "reply", "id": call_id, "results": results})
             clock.call_finished()
             self._wake_loop()
