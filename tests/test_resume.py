@@ -56,11 +56,15 @@ def _root_requests(server: FakeOpenAIServer, turn: int) -> int:
     )
 
 
-def test_resume_after_kill_9_replays_without_new_model_calls(tmp_path: Path) -> None:
+def test_resume_after_kill_9_replays_without_new_model_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     trace = tmp_path / "run.jsonl"
     script = _Script()
     with FakeOpenAIServer(script) as server:
         spec = f"openai:m@{server.base_url}"
+        # The user's own configuration points there: resume trusts the recorded spec.
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         proc = subprocess.Popen([sys.executable, "-c", RUNNER, spec, str(trace)])
         deadline = time.monotonic() + 60
         while _root_requests(server, 2) == 0 and time.monotonic() < deadline:

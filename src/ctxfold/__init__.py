@@ -19,6 +19,7 @@ from ctxfold.errors import (
     ModelError,
     ModelSpecError,
     SandboxError,
+    UntrustedSpecError,
 )
 from ctxfold.rlm import RLM, Result, __version__
 from ctxfold.trace import Trace
@@ -38,6 +39,7 @@ __all__ = [
     "Result",
     "SandboxError",
     "Trace",
+    "UntrustedSpecError",
     "Usage",
     "__version__",
     "models",

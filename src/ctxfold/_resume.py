@@ -26,6 +26,7 @@ from ctxfold.trace import (
     RunStart,
     SubcallEnd,
     SubcallStart,
+    ToolCall,
     Trace,
 )
 
@@ -54,13 +55,18 @@ class ResumeState:
     trace: Trace
 
     def restore_meters(self, shared: RunShared) -> None:
-        """Count what the recorded part of the run spent, in usage and against the budget."""
+        """Count what the recorded part of the run spent, in usage and against the budget, and
+        number new sub-calls after the recorded ones."""
+        ids = [e.call_id for e in self.trace if isinstance(e, SubcallStart | SubcallEnd | ToolCall)]
+        shared.continue_ids(max(ids, default=-1) + 1)
         for event in self.trace:
             if isinstance(event, RootResponse):
                 usage = TokenUsage(event.input_tokens, event.output_tokens)
                 shared.account(root=True, depth=event.depth, model=event.model, usage=usage)
                 if event.depth == 0:
                     shared.meter.add_iteration()
+                else:  # a child run's turns count as sub-calls of the run
+                    shared.meter.reserve_sub_call()
             elif isinstance(event, SubcallEnd) and event.kind == "llm":
                 usage = TokenUsage(event.input_tokens, event.output_tokens)
                 shared.account(root=False, depth=event.depth, model=event.model, usage=usage)

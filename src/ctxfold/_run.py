@@ -6,6 +6,7 @@ import itertools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ctxfold.budget import Budget, BudgetMeter
 from ctxfold.models import Model, TokenUsage
@@ -52,8 +53,18 @@ class RunShared:
     def next_id(self) -> int:
         return next(self._ids)
 
+    def continue_ids(self, start: int) -> None:
+        """Number the next sub-calls from ``start`` (a resumed run goes on after its trace's)."""
+        self._ids = itertools.count(start)
+
     def emit(self, event: Event) -> None:
         self.trace.emit(event)
+
+    def call_options(self) -> dict[str, Any]:
+        """Options every model call of the run gets: its deadline, when ``Budget.seconds`` is
+        set, so that a server that never answers cannot outlive the run's time."""
+        deadline = self.meter.deadline
+        return {} if deadline is None else {"deadline": deadline}
 
     def account(self, *, root: bool, depth: int, model: str, usage: TokenUsage) -> None:
         """Record one call's usage in the usage roll-up and against the budget."""

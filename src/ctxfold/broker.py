@@ -70,9 +70,18 @@ class Broker:
             why = "sub-calls are disabled in this run (the code has tools instead)"
             return [error_text(name, why)] * len(request.items)
         one = self._llm if request.kind == "llm" else self._rlm
-        if len(request.items) == 1:
-            return [self._guarded(one, request.items[0])]
-        return list(self._pool.map(lambda item: self._guarded(one, item), request.items))
+        # What the budget cannot allow is refused now, before anything is queued.
+        allowed = self._shared.meter.calls_allowed(len(request.items))
+        served, surplus = request.items[:allowed], len(request.items) - allowed
+        refused = [self._over_budget(request.kind)] * surplus
+        if len(served) <= 1:
+            return [self._guarded(one, item) for item in served] + refused
+        return [*self._pool.map(lambda item: self._guarded(one, item), served), *refused]
+
+    def _over_budget(self, kind: str) -> str:
+        spent = self._shared.meter.exhausted() or "sub_calls"
+        name = "llm_query" if kind == "llm" else "rlm_query"
+        return error_text(name, f"budget exhausted ({spent}); no more sub-calls")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -108,8 +117,7 @@ class Broker:
                 f"sub-model's window of {model.context_window:,} tokens; send smaller chunks",
             )
         if not shared.meter.reserve_sub_call():
-            spent = shared.meter.exhausted() or "sub_calls"
-            return error_text("llm_query", f"budget exhausted ({spent}); no more sub-calls")
+            return self._over_budget("llm")
         prompt = item.prompt
         if item.choices:
             prompt = choice_prompt(prompt, item.choices, item.choice_notes)
@@ -177,9 +185,9 @@ class Broker:
     ) -> Completion:
         """One model call, accounted at once. With ``choices`` the output is bounded and a client
         that can constrain decoding is asked to emit only a choice."""
-        options: dict[str, Any] = {}
+        options = self._shared.call_options()
         if choices:
-            options = {"choices": list(choices), "max_tokens": choice_max_tokens(choices)}
+            options |= {"choices": list(choices), "max_tokens": choice_max_tokens(choices)}
         completion = model.complete(messages, **options)
         self._shared.account(root=False, depth=depth, model=model.name, usage=completion.usage)
         return completion
@@ -241,6 +249,7 @@ class Broker:
             account=lambda usage: shared.account(
                 root=False, depth=depth, model=model.name, usage=usage
             ),
+            options=shared.call_options(),
         )
 
     def _start(self, kind: str, model: str, item: SubcallItem, key: str) -> tuple[int, float]:
@@ -324,6 +333,8 @@ class Broker:
 
     def _child(self, item: SubcallItem, child_depth: int) -> str:
         """A child RLM run, traced as one ``rlm`` sub-call around the child's own events."""
+        if self._shared.meter.exhausted() not in (None, "iterations"):
+            return self._over_budget("rlm")  # no sandbox is started for a child that cannot run
         # The child's own calls are accounted by its engine: this event carries no tokens.
         model = self._shared.root_model.name
         call_id, started = self._start("rlm", model, item, request_key("rlm", item))

@@ -59,6 +59,20 @@ class Budget:
                 raise BudgetError(f"Budget.{f.name} must be positive, got {value!r}")
 
 
+def budget_from_dict(data: Any) -> Budget:
+    """A :class:`Budget` from its dict form (a trace, a request body); :class:`BudgetError` names
+    what is wrong: not a dict, an unknown field, or a bad value."""
+    if not isinstance(data, dict):
+        raise BudgetError(f"a budget must be a dict of limits, not {type(data).__name__}")
+    known = {f.name for f in fields(Budget)}
+    unknown = sorted(str(k)[:40] for k in data if k not in known)
+    if unknown:
+        raise BudgetError(
+            f"unknown budget field(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        )
+    return Budget(**data)
+
+
 class BudgetMeter:
     """Thread-safe running totals of one run (shared by the root loop, the broker and child runs).
 
@@ -94,6 +108,24 @@ class BudgetMeter:
 
     def elapsed(self) -> float:
         return time.monotonic() - self._started
+
+    @property
+    def deadline(self) -> float | None:
+        """When ``Budget.seconds`` runs out, as a ``time.monotonic()`` value (``None``: never)."""
+        seconds = self.budget.seconds
+        if seconds is None or math.isinf(seconds):
+            return None
+        return self._started + seconds
+
+    def calls_allowed(self, wanted: int) -> int:
+        """How many of ``wanted`` sub-calls the budget could still allow (none once a shared
+        limit is spent). Lets a batch refuse its surplus before any of it is queued."""
+        with self._lock:
+            if self._spent_locked(include_iterations=False) is not None:
+                return 0
+            if self.budget.sub_calls is None:
+                return wanted
+            return max(0, min(wanted, self.budget.sub_calls - self.sub_calls))
 
     def exhausted(self) -> str | None:
         """The name of the first spent limit (``"iterations"``, ``"tokens"`` ...) or ``None``."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # as a shell reports a command ended by SIGPIPE
 
 
 class _Parser(argparse.ArgumentParser):
@@ -149,11 +150,30 @@ class _nothing:
 
 
 def _resume(args: argparse.Namespace) -> int:
+    from ctxfold.errors import UntrustedSpecError
     from ctxfold.rlm import RLM
 
-    result = RLM.resume(args.trace, model=args.model, sub_model=args.sub_model)
+    try:
+        result = RLM.resume(args.trace, model=args.model, sub_model=args.sub_model)
+    except UntrustedSpecError as exc:
+        if not _confirm(f"ctxfold: {exc}.\nUse the trace's models anyway? [y/N] "):
+            raise
+        result = RLM.resume(
+            args.trace, model=args.model, sub_model=args.sub_model, trust_trace=True
+        )
     _print_result(result, args)
     return 0 if result.answer else 1
+
+
+def _confirm(question: str) -> bool:
+    """Ask on the terminal; ``False`` without one (a script must pass --model instead)."""
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return False
+    print(question, end="", file=sys.stderr, flush=True)
+    try:
+        return sys.stdin.readline().strip().lower() in ("y", "yes")
+    except (OSError, KeyboardInterrupt):
+        return False
 
 
 def _models(_: argparse.Namespace) -> int:
@@ -173,18 +193,47 @@ def _bench(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ctxfold`` command; returns the exit code."""
+    _safe_streams()
     args = _build_parser().parse_args(argv)
     handlers = {"ask": _ask, "models": _models, "bench": _bench, "resume": _resume}
     try:
         return handlers[args.command](args)
     except CtxfoldError as exc:
-        print(f"ctxfold: error: {exc}", file=sys.stderr)
+        print(f"ctxfold: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("ctxfold: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader of our output left (``ctxfold ask ... | head -1``)
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def one_line(message: str) -> str:
+    """``message`` with control characters (newlines included) escaped: one line of output."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
+def _safe_streams() -> None:
+    """Text that cannot be encoded (a lone surrogate in a model's answer) is written escaped
+    rather than lost in a traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush raises nothing more."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError):
+        pass
 
 
 def _entry() -> None:  # pragma: no cover - console script shim
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # SIGPIPE keeps Python's default (ignored, raising BrokenPipeError): restoring the OS default
+    # would let a write to a dead sandbox worker's pipe kill the command silently.
     sys.exit(main())

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctxfold.errors import ContextError
+from ctxfold.errors import ContextError, quoted
 from ctxfold.sandbox import ContextSpec
 
 PREVIEW_CHARS = 240
@@ -102,14 +103,16 @@ def _sniff_text(path: Path) -> str:
         with path.open("rb") as fh:
             head = fh.read(_SNIFF_BYTES)
     except FileNotFoundError:
-        raise ContextError(f"context file not found: {path}") from None
+        raise ContextError(f"context file not found: {quoted(path)}") from None
     except PermissionError:
-        raise ContextError(f"context file is not readable (permission denied): {path}") from None
+        raise ContextError(
+            f"context file is not readable (permission denied): {quoted(path)}"
+        ) from None
     except OSError as exc:
-        raise ContextError(f"cannot read context file {path}: {exc.strerror}") from None
+        raise ContextError(f"cannot read context file {quoted(path)}: {exc.strerror}") from None
     if b"\x00" in head:
         raise ContextError(
-            f"context file looks binary, not text: {path} (pass its bytes instead: "
+            f"context file looks binary, not text: {quoted(path)} (pass its bytes instead: "
             "context=Path(...).read_bytes())"
         )
     try:
@@ -117,14 +120,23 @@ def _sniff_text(path: Path) -> str:
     except UnicodeDecodeError as exc:
         if len(head) == _SNIFF_BYTES and exc.start >= len(head) - 3:  # cut by the sniff window
             return head[: exc.start].decode("utf-8")
-        raise ContextError(f"context file is not UTF-8 text: {path} (byte {exc.start})") from None
+        raise ContextError(
+            f"context file is not UTF-8 text: {quoted(path)} (byte {exc.start})"
+        ) from None
 
 
 def _from_file(path: Path, name: str) -> PreparedContext:
-    if not path.exists():
-        raise ContextError(f"context file not found: {path}")
+    try:
+        info = path.stat()
+    except OSError:
+        raise ContextError(f"context file not found: {quoted(path)}") from None
+    if not stat.S_ISREG(info.st_mode):  # opening a FIFO would block; a device never ends
+        raise ContextError(
+            f"context {quoted(path)} is not a regular file or folder (a FIFO, socket or device "
+            "cannot be an input; pipe it to standard input with '-' instead)"
+        )
     head = _sniff_text(path)
-    size = path.stat().st_size
+    size = info.st_size
     desc = (
         f"str, the text of file {path.name!r}: {size:,} bytes of UTF-8 text "
         f"(about {size:,} characters). Preview: {_preview(head)}"
@@ -150,7 +162,7 @@ def _from_folder(root: Path, name: str) -> PreparedContext:
             files.append(path.relative_to(root).as_posix())
             total += path.stat().st_size
     if not files:
-        raise ContextError(f"context folder has no readable text files: {root}")
+        raise ContextError(f"context folder has no readable text files: {quoted(root)}")
     listed = ", ".join(repr(f) for f in files[:_MAX_LISTED_FILES])
     more = (
         f", ... ({len(files) - _MAX_LISTED_FILES:,} more)" if len(files) > _MAX_LISTED_FILES else ""

@@ -23,7 +23,7 @@ from ctxfold.broker import Broker
 from ctxfold.context import PreparedContext, prepare_contexts
 from ctxfold.errors import CtxfoldError
 from ctxfold.models import Message
-from ctxfold.sandbox import AnswerState, Sandbox, SubcallHandler
+from ctxfold.sandbox import AnswerState, Sandbox, SubcallHandler, host_temp_dir
 from ctxfold.sandbox._setup import SetupSandbox
 from ctxfold.tools import root_tools_note
 from ctxfold.tools._root import check_root_tools, code_tools_text, demo_fits, setup_code
@@ -40,6 +40,7 @@ from ctxfold.trace import (
 
 _UNSET_READY = 'answer["ready"] = False'
 _ELIDED = "[elided: an older output, to save space]"
+_SHARED_LIMITS = ("tokens", "usd", "seconds", "sub_calls")  # one meter for the whole run
 
 
 def _code_key(code: str) -> str:
@@ -219,6 +220,9 @@ class Engine:
         loop.turn += 1
         if self._depth == 0:
             shared.meter.add_iteration()
+        elif not shared.meter.reserve_sub_call():  # a child's turns are sub-calls of the run
+            loop.stop_reason = shared.meter.exhausted() or "sub_calls"
+            return None
         chars = self._trim_history(loop)
         shared.emit(
             RootRequest(
@@ -231,7 +235,7 @@ class Engine:
         )
         started = time.monotonic()
         try:
-            completion = shared.root_model.complete(loop.messages)
+            completion = shared.root_model.complete(loop.messages, **shared.call_options())
         except CtxfoldError as exc:
             loop.stop_reason = f"error: {exc}"
             return None
@@ -255,8 +259,11 @@ class Engine:
         )
         return completion.text
 
-    def _run_reply(self, sandbox: Sandbox, reply: str, loop: _Loop) -> None:
-        """Run the code blocks of a reply in order and tell the model what happened."""
+    def _run_reply(self, sandbox: Sandbox, reply: str, loop: _Loop, replayed: int = 0) -> None:
+        """Run the code blocks of a reply in order and tell the model what happened.
+
+        ``replayed``: the first blocks already ran and were traced before a resume; they run
+        again to rebuild the REPL, without being traced twice."""
         loop.messages.append({"role": "assistant", "content": reply})
         blocks = extract_code(reply)
         if not blocks:
@@ -276,7 +283,7 @@ class Engine:
         for index, code in enumerate(blocks):
             cell = sandbox.execute(code, timeout=self._shared.budget.cell_seconds)
             cells.append(cell)
-            self._record_cell(loop, index, code, cell)
+            self._record_cell(loop, index, code, cell, traced=index < replayed)
             if cell.answer.ready and not (loop.seen_output or loop.ready_refused):
                 self._refuse_ready(sandbox, loop, cell)
                 loop.cells_run.pop(_code_key(code), None)  # sending it again is the confirmation
@@ -322,9 +329,16 @@ class Engine:
         loop.best = replay.best
         if replay.partial is not None:  # its reply came before the kill: run it, don't re-ask
             loop.turn = replay.partial.turn
-            self._run_reply(sandbox, replay.partial.reply, loop)
+            self._run_reply(sandbox, replay.partial.reply, loop, len(replay.partial.cells))
 
-    def _record_cell(self, loop: _Loop, index: int, code: str, cell: Any) -> None:
+    def _record_cell(
+        self, loop: _Loop, index: int, code: str, cell: Any, *, traced: bool = False
+    ) -> None:
+        """Trace a cell (unless it was ``traced`` before a resume) and adopt its answer."""
+        if traced:
+            loop.answer = cell.answer
+            loop.best = cell.answer.content or loop.best
+            return
         shared = self._shared
         shared.emit(
             Cell(
@@ -393,6 +407,8 @@ class Engine:
         """No answer when the budget ended: one last root call asks for the best answer."""
         if reason.startswith("error") or self._shared.cancelled.is_set():
             return ""
+        if self._depth > 0 and reason in _SHARED_LIMITS:  # a child spends the run's budget
+            return ""
         ask: Message = {"role": "user", "content": prompts.FINAL_REQUEST.format(reason=reason)}
         messages = [*loop.messages]
         if messages[-1]["role"] == "user":
@@ -403,7 +419,9 @@ class Engine:
         else:
             messages.append(ask)
         try:
-            completion = self._shared.root_model.complete(messages)
+            completion = self._shared.root_model.complete(
+                messages, **self._shared.call_options()
+            )
         except CtxfoldError:
             return ""
         self._shared.account(
@@ -417,7 +435,7 @@ class Engine:
 
     def _run_child(self, prompt: str, context: Any, depth: int) -> str:
         """Run a child RLM (``rlm_query``) with its own sandbox; returns its answer."""
-        with tempfile.TemporaryDirectory(prefix="ctxfold-in-") as workdir:
+        with tempfile.TemporaryDirectory(prefix="ctxfold-in-", dir=host_temp_dir()) as workdir:
             contexts = prepare_contexts(context, workdir=Path(workdir))
             outcome = Engine(self._shared, depth).run(prompt, contexts)
         return outcome.answer

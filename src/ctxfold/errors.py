@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 class CtxfoldError(Exception):
     """Base class of every error ctxfold raises on purpose; its message is one readable line."""
@@ -33,3 +35,14 @@ class BudgetError(CtxfoldError, ValueError):
 
 class LocalModelError(CtxfoldError):
     """The embedded local model is not installed, fails its checksum, or could not start."""
+
+
+class UntrustedSpecError(CtxfoldError):
+    """A trace asks for a model endpoint other than the user's configuration (resume refuses it
+    unless the user names the model or trusts the trace)."""
+
+
+def quoted(path: str | os.PathLike[str]) -> str:
+    """A path as error messages show it: quoted, with control characters escaped (a newline in a
+    file name must not forge a second error line)."""
+    return repr(os.fspath(path))

@@ -16,13 +16,20 @@ from typing import Any
 
 from ctxfold._resume import ResumeState, load_resume_state
 from ctxfold._run import EngineOptions, RunShared
-from ctxfold.budget import Budget
+from ctxfold.budget import Budget, budget_from_dict
 from ctxfold.context import PreparedContext, prepare_contexts
 from ctxfold.engine import Engine
-from ctxfold.errors import ContextError, CtxfoldError
-from ctxfold.models import Model, resolve_model
+from ctxfold.errors import ContextError, CtxfoldError, UntrustedSpecError, quoted
+from ctxfold.models import Model, foreign_endpoint, resolve_model
 from ctxfold.prompts import PROFILES
-from ctxfold.sandbox import ContextSpec, ProcessSandbox, Sandbox, SparePool, make_sandbox
+from ctxfold.sandbox import (
+    ContextSpec,
+    ProcessSandbox,
+    Sandbox,
+    SparePool,
+    host_temp_dir,
+    make_sandbox,
+)
 from ctxfold.sandbox._cleanup import remove_soon
 from ctxfold.tools import DEFAULT_TURNS, Tool, as_tools
 from ctxfold.trace import RunEnd, RunResume, RunStart, Trace
@@ -40,7 +47,7 @@ def _inputs_dir(keep: Path | None) -> Iterator[Path]:
         keep.mkdir(parents=True, exist_ok=True)
         yield keep
         return
-    workdir = tempfile.mkdtemp(prefix="ctxfold-in-")
+    workdir = tempfile.mkdtemp(prefix="ctxfold-in-", dir=host_temp_dir())
     try:
         yield Path(workdir)
     finally:
@@ -48,16 +55,46 @@ def _inputs_dir(keep: Path | None) -> Iterator[Path]:
 
 
 def _recorded_inputs(start: RunStart) -> list[PreparedContext]:
-    """The inputs of a recorded run, checked to be there still."""
+    """The inputs of a recorded run, checked to be well-formed and still there."""
     prepared = []
-    for spec, description in zip(start.inputs, start.contexts, strict=False):
-        if not Path(spec["path"]).exists():
-            raise ContextError(f"input {spec['name']} of that run is gone: {spec['path']}")
-        context_spec = ContextSpec(
-            name=spec["name"], kind=spec["kind"], path=spec["path"], files=spec.get("files", [])
-        )
+    for number, spec in enumerate(start.inputs):
+        name, kind, path = spec.get("name"), spec.get("kind"), spec.get("path")
+        files = spec.get("files", [])
+        if not (
+            isinstance(name, str)
+            and kind in _INPUT_KINDS
+            and isinstance(path, str)
+            and isinstance(files, list)
+            and all(isinstance(f, str) for f in files)
+        ):
+            raise CtxfoldError(f"the trace's input {number} is malformed")
+        if not Path(path).exists():
+            raise ContextError(f"input {name} of that run is gone: {quoted(path)}")
+        description = start.contexts[number] if number < len(start.contexts) else name
+        context_spec = ContextSpec(name=name, kind=kind, path=path, files=files)
         prepared.append(PreparedContext(context_spec, description, 0))
     return prepared
+
+
+_INPUT_KINDS = ("text_file", "bytes_file", "json_file", "folder")
+
+
+def _trusted_spec(recorded: str, given: str | Model | None, what: str, trust: bool) -> str | Model:
+    """The model a resumed run uses: ``given``, else the trace's ``recorded`` spec, unless that
+    spec would send requests (and the user's API key) to an endpoint other than the user's own
+    configuration and ``trust`` is off: a trace from someone else is not trusted blindly."""
+    if given is not None:
+        return given
+    if not recorded:
+        raise CtxfoldError(f"the trace records no {what} spec (a model object?): pass {what}=")
+    endpoint = foreign_endpoint(recorded)
+    if endpoint is not None and not trust:
+        raise UntrustedSpecError(
+            f"the trace's {what} spec {recorded!r} sends requests to {endpoint}, not to your "
+            f"configured endpoint; pass {what}= (CLI: --{what.replace('_', '-')}) to choose "
+            "the model, or trust_trace=True if you trust this trace"
+        )
+    return recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +322,7 @@ class RLM:
         model: str | Model | None = None,
         sub_model: str | Model | None = None,
         budget: Budget | None = None,
+        trust_trace: bool = False,
         **options: Any,
     ) -> Result:
         """Continue a run whose host died (``kill -9``, Ctrl-C) from its JSONL trace.
@@ -292,23 +330,27 @@ class RLM:
         The recorded cells are replayed in a fresh sandbox with their recorded sub-call answers
         (no new model calls for what was answered), then the run goes on from the last completed
         turn, appending to the same trace. The models default to the specs the trace recorded;
-        pass ``model=`` when the run used a model object.
+        pass ``model=`` when the run used a model object. A recorded spec that points to another
+        endpoint than your configuration (``openai:NAME@http://elsewhere/v1``) would receive
+        your API key: it raises :class:`~ctxfold.UntrustedSpecError` unless you pass the model
+        yourself or ``trust_trace=True``. A malformed trace raises :class:`CtxfoldError`.
         """
         trace = Trace.reopen(path)
         try:
             state = load_resume_state(trace)
             start = state.start
-            spec = model or start.model_spec
-            if not spec:
-                raise CtxfoldError("the trace records no model spec (a model object?): pass model=")
+            prepared = _recorded_inputs(start)  # checked before any model is made
+            root = _trusted_spec(start.model_spec, model, "model", trust_trace)
+            sub = sub_model
+            if sub is None and start.sub_model_spec:
+                sub = _trusted_spec(start.sub_model_spec, None, "sub_model", trust_trace)
             rlm = cls(
-                spec,
-                sub_model or start.sub_model_spec or None,
-                budget=budget or Budget(**start.budget),
+                root,
+                sub,
+                budget=budget or budget_from_dict(start.budget),
                 **options,
             )
             with rlm:
-                prepared = _recorded_inputs(start)
                 result = rlm._drive(
                     start.question, prepared, trace, RunResume(turns=len(state.turns)), state
                 )

@@ -9,14 +9,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import threading
 import time
+import types
+import typing
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, Any, ClassVar, get_type_hints
 
-from ctxfold.errors import CtxfoldError
+from ctxfold.errors import CtxfoldError, quoted
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -178,6 +181,17 @@ class RunEnd(Event):
     seconds: float
 
 
+def _read_trace_bytes(path: str | os.PathLike[str]) -> bytes:
+    """A trace file's bytes; a FIFO, device or folder is refused before it is opened."""
+    try:
+        info = Path(path).stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise CtxfoldError(f"cannot read trace {quoted(path)}: not a regular file")
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise CtxfoldError(f"cannot read trace {quoted(path)}: {exc.strerror}") from None
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls
     for cls in (
@@ -199,13 +213,59 @@ EVENT_TYPES: dict[str, type[Event]] = {
 }
 
 
-def event_from_dict(data: dict[str, Any]) -> Event:
-    """Rebuild an event from its JSON form; unknown keys are ignored so old readers survive."""
-    cls = EVENT_TYPES.get(str(data.get("type")))
+def event_from_dict(data: Any) -> Event:
+    """Rebuild an event from its JSON form, checking every field against the event's types.
+
+    Unknown keys are ignored so old readers survive newer traces; a missing or mistyped field
+    raises :class:`CtxfoldError` naming it.
+    """
+    if not isinstance(data, dict):
+        raise CtxfoldError(f"an event must be a JSON object, not {type(data).__name__}")
+    cls = EVENT_TYPES.get(data["type"]) if isinstance(data.get("type"), str) else None
     if cls is None:
-        raise CtxfoldError(f"unknown trace event type {data.get('type')!r}")
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
+        raise CtxfoldError(f"unknown trace event type {str(data.get('type'))[:40]!r}")
+    hints = _field_types(cls)
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in data:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise CtxfoldError(f"a {cls.type} event has no {f.name!r} field")
+            continue
+        if not _fits(data[f.name], hints[f.name]):
+            raise CtxfoldError(f"a {cls.type} event has a bad {f.name!r} field")
+        values[f.name] = data[f.name]
+    return cls(**values)
+
+
+def _field_types(cls: type[Event]) -> dict[str, Any]:
+    hints = _HINTS.get(cls.type)
+    if hints is None:
+        hints = _HINTS[cls.type] = get_type_hints(cls)
+    return hints
+
+
+_HINTS: dict[str, dict[str, Any]] = {}
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value matches a field type of the events (str, int, float, bool, None,
+    unions of those, ``list[...]`` and ``dict[str, ...]``)."""
+    if hint is Any:
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(_fits(value, arg) for arg in args)
+    if origin is list:
+        return isinstance(value, list) and all(_fits(item, args[0]) for item in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_fits(v, args[1]) for v in value.values())
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is type(None):
+        return value is None
+    return isinstance(value, hint)
 
 
 class Trace:
@@ -222,7 +282,9 @@ class Trace:
                 mode = "a" if append else "w"  # lone surrogates are written as \udXXX escapes
                 self._sink = Path(path).open(mode, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115 - closed in close()
             except OSError as exc:
-                raise CtxfoldError(f"cannot write trace file {path}: {exc.strerror}") from None
+                raise CtxfoldError(
+                    f"cannot write trace file {quoted(path)}: {exc.strerror}"
+                ) from None
 
     @property
     def events(self) -> list[Event]:
@@ -272,7 +334,7 @@ class Trace:
     def reopen(cls, path: str | os.PathLike[str]) -> Trace:
         """Load a trace and keep writing new events to the end of the same file."""
         old = cls.load(path)
-        data = Path(path).read_bytes()
+        data = _read_trace_bytes(path)
         if data and not data.endswith(b"\n"):  # drop a line torn by a killed writer
             Path(path).write_bytes(data[: data.rfind(b"\n") + 1])
         trace = cls(path, append=True)
@@ -283,22 +345,27 @@ class Trace:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Trace:
-        """Read a JSONL trace. A torn last line (a killed writer) is skipped."""
+        """Read a JSONL trace; :class:`CtxfoldError` (one line) if it is not one.
+
+        Lines end at ``\\n`` only: a cell may print U+2028 or U+0085, which JSON leaves as they
+        are. A torn last line (a killed writer, even one cut inside a character) is skipped.
+        """
         trace = cls()
-        try:
-            lines = Path(path).read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise CtxfoldError(f"cannot read trace {path}: {exc.strerror}") from None
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
+        lines = _read_trace_bytes(path).split(b"\n")
+        where = quoted(path)
+        for number, raw in enumerate(lines, 1):
+            if not raw.strip():
                 continue
             try:
-                data = json.loads(line)
-            except json.JSONDecodeError:
+                data = json.loads(raw.decode("utf-8"))
+            except ValueError:  # not UTF-8, or not JSON
                 if number == len(lines):
                     break
-                raise CtxfoldError(f"{path}:{number}: not a JSON line") from None
-            trace._events.append(event_from_dict(data))
+                raise CtxfoldError(f"{where}:{number}: not a JSON line") from None
+            try:
+                trace._events.append(event_from_dict(data))
+            except CtxfoldError as exc:
+                raise CtxfoldError(f"{where}:{number}: {exc}") from None
         return trace
 
     def close(self) -> None:
