@@ -106,6 +106,59 @@ class Loot:
     home: Path  # a fake $HOME of the host with ~/.ssh/id_rsa
 
 
+# Cell code that finds the worker object behind llm_query's closures: `_find_worker()`.
+FIND_WORKER = """
+def _find_worker(fn=llm_query):
+    for cell in fn.__closure__ or ():
+        value = cell.cell_contents
+        if type(value).__name__ == "_Worker":
+            return value
+        if callable(value) and getattr(value, "__closure__", None):
+            found = _find_worker(value)
+            if found is not None:
+                return found
+    return None
+"""
+
+# Cell code that writes one forged frame of ``{count}`` tiny call items to the channel.
+FORGE_CALL_FRAME = """
+import os, struct
+pipes = []
+for fd in map(int, os.listdir('/proc/self/fd')):
+    try:
+        if fd > 2 and os.readlink(f'/proc/self/fd/{{fd}}').startswith('pipe:'):
+            pipes.append(fd)
+    except OSError:
+        pass
+body = (b'{{"op":"call","id":99,"kind":"llm","items":['
+        + b','.join([b'{{"prompt":""}}'] * {count}) + b']}}')
+for fd in pipes:
+    try:
+        os.write(fd, struct.pack('>I', len(body)) + body)
+    except OSError:
+        pass
+import time; time.sleep(2)
+print('sent', len(body))
+"""
+
+# The start of a child process's source: ``run(cells, sub_model, **budget)`` runs an RLM whose
+# scripted root model sends ``cells`` one per turn, then answers, and prints how it stopped.
+SCRIPTED_RUN = """
+import ctxfold
+from ctxfold import Budget
+from ctxfold.models import ScriptedModel
+def code(src):
+    return "Running.\\n```python\\n" + src + "\\n```"
+def run(cells, sub_model, **budget):
+    done = code("answer['content'] = 'x'; answer['ready'] = True")
+    root = ScriptedModel([code(c) for c in cells] + [done] * 2)
+    with ctxfold.RLM(root, sub_model, budget=Budget(iterations=len(cells) + 2, **budget),
+                     prompt_profile="concise") as rlm:
+        result = rlm.run("q", "some input")
+    print("stop:", result.stop_reason, "sub_calls:", result.usage.sub_calls, flush=True)
+"""
+
+
 @dataclass
 class Watched:
     """How a child process that ran an attack ended."""

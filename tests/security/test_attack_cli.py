@@ -17,22 +17,15 @@ import pytest
 from ctxfold.sandbox import _tempdirs
 from ctxfold.testing.fake_openai import FakeOpenAIServer
 
-from .attack_helpers import code
+from .attack_helpers import FIND_WORKER, code
 
 # Patches the worker so that it exits right after sending a cell's result: the host's next
 # write to it (the next cell) meets a closed pipe.
-_EXIT_AFTER_RESULT = """
+_EXIT_AFTER_RESULT = (
+    FIND_WORKER
+    + """
 import os
-def _find(fn):
-    for cell in fn.__closure__ or ():
-        value = cell.cell_contents
-        if type(value).__name__ == "_Worker":
-            return value
-        if callable(value) and getattr(value, "__closure__", None):
-            found = _find(value)
-            if found is not None:
-                return found
-channel = _find(llm_query)._channel
+channel = _find_worker()._channel
 real = type(channel).send
 def send(self, message):
     real(self, message)
@@ -41,6 +34,7 @@ def send(self, message):
 type(channel).send = send
 print("patched")
 """
+)
 
 
 def _ask(

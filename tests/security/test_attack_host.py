@@ -25,22 +25,16 @@ from ctxfold.sandbox._host import MAX_VALUES, CallGate, ChannelError, _decoded, 
 from ctxfold.sandbox._messages import MAX_ITEMS, serve_call
 from ctxfold.trace import Cell
 
-from .attack_helpers import RawServer, code, gzip_bomb, http_reply, run_watched
-
-_SCRIPTED_RUN = """
-import ctxfold
-from ctxfold import Budget
-from ctxfold.models import ScriptedModel
-def code(src):
-    return "Running.\\n```python\\n" + src + "\\n```"
-def run(cells, sub_model, **budget):
-    done = code("answer['content'] = 'x'; answer['ready'] = True")
-    root = ScriptedModel([code(c) for c in cells] + [done] * 2)
-    with ctxfold.RLM(root, sub_model, budget=Budget(iterations=len(cells) + 2, **budget),
-                     prompt_profile="concise") as rlm:
-        result = rlm.run("q", "some input")
-    print("stop:", result.stop_reason, "sub_calls:", result.usage.sub_calls, flush=True)
-"""
+from .attack_helpers import (
+    FIND_WORKER,
+    FORGE_CALL_FRAME,
+    SCRIPTED_RUN,
+    RawServer,
+    code,
+    gzip_bomb,
+    http_reply,
+    run_watched,
+)
 
 
 def _echo(request: SubcallRequest) -> list[str] | dict[str, Any]:
@@ -51,7 +45,7 @@ def _echo(request: SubcallRequest) -> list[str] | dict[str, Any]:
 
 
 def test_a_huge_batch_past_the_budget_is_refused_before_it_is_queued() -> None:
-    source = _SCRIPTED_RUN + (
+    source = SCRIPTED_RUN + (
         "run(['r = llm_batch([\\'\\'] * 300_000)\\nprint(len(r), r[-1][:60])'],"
         " ScriptedModel(lambda m: 'ok'), sub_calls=100)"
     )
@@ -110,26 +104,6 @@ def test_a_request_with_too_many_items_is_refused_whole() -> None:
 
 # -- 2. one frame of tens of MB of tiny objects ---------------------------------------------
 
-_FORGE_FRAME = """
-import os, struct
-pipes = []
-for fd in map(int, os.listdir('/proc/self/fd')):
-    try:
-        if fd > 2 and os.readlink(f'/proc/self/fd/{fd}').startswith('pipe:'):
-            pipes.append(fd)
-    except OSError:
-        pass
-body = (b'{"op":"call","id":99,"kind":"llm","items":['
-        + b','.join([b'{"prompt":""}'] * 3_000_000) + b']}')
-for fd in pipes:
-    try:
-        os.write(fd, struct.pack('>I', len(body)) + body)
-    except OSError:
-        pass
-import time; time.sleep(2)
-print('sent', len(body))
-"""
-
 
 def test_a_frame_of_millions_of_tiny_objects_is_refused_undecoded() -> None:
     source = (
@@ -138,7 +112,7 @@ def test_a_frame_of_millions_of_tiny_objects_is_refused_undecoded() -> None:
         "    return {} if request.kind == 'budget' else ['ok'] * len(request.items)\n"
         "with ProcessSandbox() as sandbox:\n"
         "    sandbox.start([], handler)\n"
-        f"    result = sandbox.execute({_FORGE_FRAME!r}, timeout=120)\n"
+        f"    result = sandbox.execute({FORGE_CALL_FRAME.format(count=3_000_000)!r}, timeout=120)\n"
         "    print(result.stdout.strip(), result.error)\n"
         "    print(sandbox.execute('print(llm_query(\"still\"))').stdout.strip())\n"
     )
@@ -208,20 +182,9 @@ def test_a_flood_of_concurrent_requests_gets_errors_not_a_queue() -> None:
 
 # -- 3. cell-result fields carried from a patched worker ------------------------------------
 
-_PATCH_RESTORED = """
-def _find(fn):
-    for cell in fn.__closure__ or ():
-        value = cell.cell_contents
-        if type(value).__name__ == "_Worker":
-            return value
-        if callable(value) and getattr(value, "__closure__", None):
-            found = _find(value)
-            if found is not None:
-                return found
-w = _find(llm_query)
-type(w)._restore_scaffold = lambda self: ["n" * 100] * 30_000
-print("patched")
-"""
+_PATCH_RESTORED = FIND_WORKER + (
+    'type(_find_worker())._restore_scaffold = lambda self: ["n" * 100] * 30_000\nprint("patched")'
+)
 
 
 def test_fields_from_a_patched_worker_are_cut_on_the_host() -> None:
