@@ -211,3 +211,38 @@ def test_ctrl_c_flushes_trace_and_exits_130(tmp_path: Path) -> None:
 
 def _workers() -> set[int]:
     return worker_children()
+
+
+def test_bench_list_names_every_task_and_method() -> None:
+    from ctxfold.bench import METHODS
+    from ctxfold.bench.tasks import TASKS
+
+    proc = ctxfold("bench", "--list")
+    assert proc.returncode == 0, proc.stderr
+    listed = {tuple(line.split()[:2]) for line in proc.stdout.splitlines()}
+    assert {("task", name) for name in TASKS} <= listed
+    assert {("method", name) for name in METHODS} <= listed
+    assert all(len(line.split(maxsplit=2)) == 3 for line in proc.stdout.splitlines())
+
+
+def test_usage_errors_point_at_the_right_help() -> None:
+    top = ctxfold("view", "x")
+    assert top.returncode == 2 and top.stderr.endswith("(see 'ctxfold -h')\n")
+    verb = ctxfold("ask")
+    assert verb.returncode == 2 and verb.stderr.endswith("(see 'ctxfold ask -h')\n")
+    bench = ctxfold("bench")
+    assert bench.returncode == 2 and "ctxfold bench --list" in bench.stderr
+
+
+def test_a_new_verb_is_one_new_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctxfold.cli
+
+    (tmp_path / "hello.py").write_text(
+        "def register(verbs):\n"
+        "    verbs.add_parser('hello').set_defaults(run=lambda args: print('hi') or 0)\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setattr(ctxfold.cli, "__path__", [*ctxfold.cli.__path__, str(tmp_path)])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(sys.modules, "ctxfold.cli.hello", __import__("hello"))
+    assert ctxfold.cli.main(["hello"]) == 0

@@ -58,6 +58,10 @@ def test_a_refused_ready_may_be_sent_again_unchanged() -> None:
             "compare",
         ),
         ("Which class defines the method `joinpath`?", True, "code"),
+        # fields, tags and patterns: counted in code, not by labelling every line
+        ("How many ERROR lines come from the payments service?", True, "tally"),
+        ("How many top-level functions does the file json/decoder.py define?", True, "tally"),
+        ("Count the users who signed in twice.", False, "tally"),
         ("Which other file calls it?", False, "code"),
         ("", True, "search"),
     ],
@@ -90,13 +94,15 @@ def test_the_root_is_shown_the_picked_demonstration() -> None:
         return code('print(1)\nanswer["content"] = "3"\nanswer["ready"] = True')
 
     rlm = ctxfold.RLM(model=ScriptedModel(root), prompt_profile="small")
-    rlm.run("How many lines mention cats?", context="cat\ndog\ncat")
+    # a question only reading can decide (issue 14: "how many" alone now picks counting by code)
+    question = "Each line has one label, 'pet' or 'pest'. Which label is the most common?"
+    rlm.run(question, context="cat\ndog\ncat")
     shown = "\n".join(m["content"] for m in first[0])
     assert "llm_batch(lines, choices=labels)" in shown and "tickets" in shown
     assert "spring sale" not in shown
     task = first[0][-1]["content"]
     assert task.startswith("Done. New task.\n\n`context`: ")
-    assert "Question: How many lines mention cats?" in task.splitlines()[-3]
+    assert f"Question: {question}" in task.splitlines()[-3]
 
 
 def _blocks(text: str) -> list[str]:

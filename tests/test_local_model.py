@@ -238,6 +238,7 @@ def test_server_start_failure_is_reported(tmp_path: Path) -> None:
 # -- server sharing (no real server) -------------------------------------------------------
 
 
+@pytest.mark.skipif(importlib.util.find_spec("xllamacpp") is None, reason="xllamacpp missing")
 def test_models_share_one_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     started: list[local._ServerProcess] = []
     stopped: list[local._ServerProcess] = []

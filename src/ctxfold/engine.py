@@ -284,12 +284,13 @@ class Engine:
             cell = sandbox.execute(code, timeout=self._shared.budget.cell_seconds)
             cells.append(cell)
             self._record_cell(loop, index, code, cell, traced=index < replayed)
+            # output the same cell printed counts: ``print(x)`` then ``FINAL(x)`` is fine
+            loop.seen_output = loop.seen_output or bool(cell.stdout.strip())
             if cell.answer.ready and not (loop.seen_output or loop.ready_refused):
                 self._refuse_ready(sandbox, loop, cell)
                 loop.cells_run.pop(_code_key(code), None)  # sending it again is the confirmation
             if cell.answer.ready or self._too_many_errors(loop, cell):
                 break
-        loop.seen_output = loop.seen_output or any(c.stdout.strip() for c in cells)
         if loop.answer.ready:
             loop.stop_reason = "ready"
             return

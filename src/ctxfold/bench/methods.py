@@ -180,15 +180,16 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else f"{text[: limit - 20]} ...[{len(text):,} chars]"
 
 
-def _rlm(depth: int) -> Method:
+def _rlm(depth: int, doc: str) -> Method:
     def run(instance: Instance, root: Model, sub: Model, max_iterations: int) -> MethodResult:
         rlm = RLM(model=root, sub_model=sub, budget=Budget(iterations=max_iterations, depth=depth))
         return rlm_result(rlm.run(instance.question, instance.context))
 
+    run.__doc__ = doc
     return run
 
 
-def _with_tools(name: str) -> Method:
+def _with_tools(name: str, doc: str) -> Method:
     """A method from :mod:`ctxfold.bench.tool_methods` (imported when first run)."""
 
     def run(instance: Instance, root: Model, sub: Model, max_iterations: int) -> MethodResult:
@@ -197,17 +198,20 @@ def _with_tools(name: str) -> Method:
         method: Method = getattr(tool_methods, name)
         return method(instance, root, sub, max_iterations)
 
+    run.__doc__ = doc
     return run
 
 
 METHODS: dict[str, Method] = {
     "base": base,
     "summary": summary,
-    "rlm": _rlm(depth=1),
-    "rlm_nosub": _rlm(depth=0),
-    "rlm_tools": _with_tools("rlm_tools"),
-    "agent_bm25": _with_tools("agent_bm25"),
-    "codeact_bm25": _with_tools("codeact_bm25"),
+    "rlm": _rlm(1, "An RLM: the input in the REPL, sub-LLM calls from code."),
+    "rlm_nosub": _rlm(0, "An RLM without sub-LLM calls (Budget(depth=0)): code alone."),
+    "rlm_tools": _with_tools("rlm_tools", "An RLM whose sub-LLMs can search/read/grep the input."),
+    "agent_bm25": _with_tools("agent_bm25", "The root model with search/read/grep as chat tools."),
+    "codeact_bm25": _with_tools(
+        "codeact_bm25", "CodeAct + BM25: the root's code calls search/read/grep, no sub-LLMs."
+    ),
 }
 
 

@@ -44,10 +44,21 @@ from typing import IO, Any
 
 from ctxfold.errors import CtxfoldError, LocalModelError, ModelError, ModelSpecError
 from ctxfold.models._base import Completion, Message
-from ctxfold.models._weights import DEFAULT_LOCAL_MODEL, ensure_weights, get_local_weights
+from ctxfold.models._weights import (
+    DEFAULT_LOCAL_MODEL,
+    ensure_weights,
+    get_local_weights,
+    list_local_models,
+)
 from ctxfold.models.openai_compat import OpenAIModel
 
-__all__ = ["DEFAULT_OPTIONS", "DEFAULT_PARALLEL", "LocalModel", "load_local_model"]
+__all__ = [
+    "DEFAULT_OPTIONS",
+    "DEFAULT_PARALLEL",
+    "LocalModel",
+    "list_local_models",
+    "load_local_model",
+]
 
 DEFAULT_PARALLEL = 4
 """Decoding slots per server: how many requests are decoded together (continuous batching)."""

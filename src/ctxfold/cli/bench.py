@@ -1,15 +1,63 @@
-"""``ctxfold bench``: argument handling and progress around :mod:`ctxfold.bench`."""
+"""``ctxfold bench TASK ...``: argument handling and progress around :mod:`ctxfold.bench`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ctxfold.errors import CtxfoldError
+
+
+def register(verbs: Any) -> None:
+    bench = verbs.add_parser(
+        "bench",
+        help="run a long-context task with several methods side by side",
+        description="TASK is a task name (see --list), 'perf' (scaffold speed against rlms), "
+        "or 'report' (rebuild the report of --out).",
+    )
+    bench.add_argument("task", nargs="?", help="task name, 'perf' or 'report'")
+    bench.add_argument("--list", action="store_true", help="list the tasks and the methods")
+    bench.add_argument("--methods", default="base,rlm", help="comma-separated (default: base,rlm)")
+    bench.add_argument("--n", type=int, default=3, help="instances per length (default 3)")
+    bench.add_argument("--lengths", default=None, help="comma-separated input lengths in tokens")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--model", "-m", default="local")
+    bench.add_argument("--sub-model", default=None)
+    bench.add_argument("--max-iterations", type=int, default=12, metavar="N")
+    bench.add_argument("--out", default="runs/bench", help="results folder (default runs/bench)")
+    bench.add_argument("--executor", choices=("local", "ray"), default="local")
+    bench.add_argument("--ray-address", default=None, help="an existing Ray cluster")
+    bench.add_argument(
+        "--ray-cpus",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tasks the local Ray runs at once (default: the cores, at most 4)",
+    )
+    bench.add_argument("--quiet", "-q", action="store_true")
+    bench.set_defaults(run=bench_command)
+
+
+def _listing() -> str:
+    """One line per task and per method, with what it is."""
+    from ctxfold.bench import METHODS
+    from ctxfold.bench.tasks import TASKS
+
+    def first_line(doc: str | None) -> str:
+        return (doc or "").strip().splitlines()[0] if (doc or "").strip() else ""
+
+    lines = [f"task    {name:<14} {first_line(type(t).__doc__)}" for name, t in TASKS.items()]
+    lines += [f"method  {name:<14} {first_line(m.__doc__)}" for name, m in METHODS.items()]
+    lines += [
+        "task    perf           scaffold overhead and batch wall time against rlms",
+        "task    report         rebuild report.md and the plots of --out",
+    ]
+    return "\n".join(lines)
 
 
 def _ints(text: str | None) -> tuple[int, ...]:
@@ -41,6 +89,11 @@ def _check_ray_cpus(args: argparse.Namespace) -> None:
 
 def bench_command(args: argparse.Namespace) -> int:
     """Run ``ctxfold bench`` and write results.jsonl, report.md and plots under ``--out``."""
+    if args.list:
+        print(_listing())
+        return 0
+    if args.task is None:
+        raise CtxfoldError("name a task (ctxfold bench --list shows them), 'perf' or 'report'")
     _check_ray_cpus(args)
     out = Path(args.out)
     if args.task == "perf":

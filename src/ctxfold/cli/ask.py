@@ -1,0 +1,51 @@
+"""``ctxfold ask QUESTION --context PATH ...``: one run, the answer on stdout."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from typing import Any
+
+from ctxfold.budget import Budget
+from ctxfold.cli._common import print_result, read_contexts
+
+
+def register(verbs: Any) -> None:
+    ask = verbs.add_parser("ask", help="answer a question about a large input")
+    ask.add_argument("question")
+    ask.add_argument(
+        "--context",
+        "-c",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="input file(s) or folder(s); '-' reads standard input",
+    )
+    ask.add_argument("--model", "-m", default="local", help="root model spec (default: local)")
+    ask.add_argument("--sub-model", default=None, help="sub-call model spec (default: --model)")
+    ask.add_argument("--trace", default=None, metavar="FILE", help="write the run's JSONL trace")
+    ask.add_argument("--max-iterations", type=int, default=30, metavar="N")
+    ask.add_argument("--json", action="store_true", help="print the result as JSON")
+    ask.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    ask.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ctxfold.cli._progress import Progress
+    from ctxfold.rlm import RLM
+    from ctxfold.trace import Trace
+
+    budget = Budget(iterations=args.max_iterations)
+    contexts = read_contexts(args.context)
+    trace = Trace(args.trace)
+    with RLM(model=args.model, sub_model=args.sub_model, budget=budget) as rlm:
+        progress = Progress(budget.iterations)
+        if not args.quiet:
+            trace.subscribe(progress)
+        with progress if not args.quiet else contextlib.nullcontext():
+            if len(contexts) == 1:
+                result = rlm.run(args.question, contexts[0], trace=trace)
+            else:
+                result = rlm.run(args.question, contexts=contexts or None, trace=trace)
+    print_result(result, as_json=args.json, quiet=args.quiet)
+    return 0 if result.answer else 1
