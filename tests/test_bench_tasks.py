@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import ast
 import csv
 import datetime as dt
+import importlib.util
 import io
 import itertools
 import json

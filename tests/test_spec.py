@@ -84,6 +84,7 @@ def test_unknown_spec_lists_the_accepted_forms() -> None:
     assert str(info.value) == (
         "unknown model spec 'gpt:x': use 'local', 'local:NAME', 'openai:NAME', "
         "'openai:NAME@http://host:port/v1', 'anthropic:NAME', or a Model object"
+        " (installed providers: anthropic, local, openai)"  # issue 14: names the installed ones
     )
 
 

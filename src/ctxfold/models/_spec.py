@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 from urllib.parse import urlsplit
 
-from ctxfold.errors import ModelSpecError
+from ctxfold.errors import CtxfoldError, ModelSpecError
 from ctxfold.models._base import Model
-from ctxfold.models.anthropic_model import AnthropicModel
-from ctxfold.models.openai_compat import OpenAIModel
+from ctxfold.plugins import MODEL_GROUP, find_plugin, plugin_names
 
-__all__ = ["foreign_endpoint", "resolve_model"]
+__all__ = ["foreign_endpoint", "resolve_model", "split_url"]
 
 # Where each hosted provider sends requests when a spec names no URL: the user's configuration.
 _CONFIGURED = {
@@ -27,7 +26,8 @@ _FORMS = (
 def resolve_model(spec: str | Model) -> Model:
     """Return the model a spec names; a :class:`~ctxfold.models.Model` object is returned as is.
 
-    Accepted strings:
+    The part before the first ``:`` (or ``?``) names a provider found as a plugin (see
+    :mod:`ctxfold.plugins`); the built-in ones accept:
 
     - ``"local"`` or ``"local:NAME"``: the embedded offline model
       (:func:`ctxfold.models.local.load_local_model`), optionally with ``?window=TOKENS``;
@@ -45,20 +45,27 @@ def resolve_model(spec: str | Model) -> Model:
             return spec
         raise ModelSpecError(f"unknown model spec {spec!r}: {_FORMS}")
     text = spec.strip()
-    provider, colon, rest = text.partition(":")
-    provider = provider.lower()
-    if provider.partition("?")[0] == "local":
-        if colon and not rest.strip():
-            raise ModelSpecError(f"model spec {spec!r} has no name after 'local:': {_FORMS}")
-        from ctxfold.models.local import load_local_model  # heavy, rarely needed
+    head, colon, rest = text.partition(":")
+    provider, query, tail = head.partition("?")
+    if colon and not rest.strip():
+        raise ModelSpecError(f"model spec {spec!r} has no name after '{head}:': {_FORMS}")
+    installed = plugin_names(MODEL_GROUP)
+    if provider.lower() not in installed:
+        raise ModelSpecError(
+            f"unknown model spec {spec!r}: {_FORMS} (installed providers: {', '.join(installed)})"
+        )
+    try:
+        factory = find_plugin(MODEL_GROUP, provider, "model provider")
+    except CtxfoldError as exc:  # installed but broken
+        raise ModelSpecError(str(exc)) from None
+    model: Model = factory(rest if colon else f"?{tail}" if query else "")
+    return model
 
-        return load_local_model(text)
-    if colon and provider in ("openai", "anthropic"):
-        name, base_url = _split_url(spec, rest)
-        if provider == "openai":
-            return OpenAIModel(name, base_url=base_url)
-        return AnthropicModel(name, base_url=base_url)
-    raise ModelSpecError(f"unknown model spec {spec!r}: {_FORMS}")
+
+def split_url(spec: str, rest: str) -> tuple[str, str | None]:
+    """``"NAME@URL"`` → ``(NAME, URL)``, ``"NAME"`` → ``(NAME, None)``, for the hosted
+    providers' specs; :class:`ModelSpecError` (naming ``spec``) when either part is bad."""
+    return _split_url(spec, rest)
 
 
 def foreign_endpoint(spec: str) -> str | None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ctxfold.errors import SandboxError
+from ctxfold.errors import CtxfoldError, SandboxError
+from ctxfold.plugins import SANDBOX_GROUP, find_plugin, plugin_names
 from ctxfold.sandbox._base import (
     AnswerState,
     CellResult,
@@ -37,29 +38,27 @@ __all__ = [
     "stop_spares",
 ]
 
-_NAMES = ("process", "docker")
-
-
 def make_sandbox(spec: str | Sandbox) -> Sandbox:
     """The sandbox for ``spec``.
 
-    ``"process"`` gives a :class:`ProcessSandbox` (best isolation available); ``"docker"`` a
-    :class:`DockerSandbox` (:class:`SandboxError` when no Docker engine answers); an object with
-    ``start``/``execute``/``close`` is returned as it is. Anything else raises
-    :class:`SandboxError`.
+    A name is a backend found as a plugin (entry point group ``ctxfold.sandboxes``, see
+    :mod:`ctxfold.plugins`): the built-in ``"process"`` gives a :class:`ProcessSandbox` (best
+    isolation available), ``"docker"`` a :class:`DockerSandbox` (:class:`SandboxError` when no
+    Docker engine answers). An object with ``start``/``execute``/``close`` is returned as it is.
+    Anything else raises :class:`SandboxError`, naming the installed backends.
     """
     if isinstance(spec, str):
-        name = spec.strip().lower()
-        if name == "process":
-            return ProcessSandbox()
-        if name == "docker":
-            return DockerSandbox()
-        raise SandboxError(
-            f"unknown sandbox {spec!r}: use one of {', '.join(_NAMES)}, or a Sandbox object"
-        )
+        try:
+            factory = find_plugin(SANDBOX_GROUP, spec, "sandbox")
+        except SandboxError:
+            raise
+        except CtxfoldError as exc:
+            raise SandboxError(str(exc)) from None
+        sandbox: Sandbox = factory()
+        return sandbox
     if all(callable(getattr(spec, method, None)) for method in ("start", "execute", "close")):
         return spec
     raise SandboxError(
-        f"sandbox must be one of {', '.join(_NAMES)} or an object with start/execute/close, "
-        f"got {type(spec).__name__}"
+        f"sandbox must be a name ({', '.join(plugin_names(SANDBOX_GROUP))}) or an object with "
+        f"start/execute/close, got {type(spec).__name__}"
     )
