@@ -18,8 +18,8 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from ctxfold._choices import choice_prompt, match_choice
 from ctxfold.bench.tasks._trec import LABELS, _trec_dir
+from ctxfold.choices import choice_prompt, match_choice
 from ctxfold.models._spec import resolve_model
 
 NAMES = list(LABELS.values())

@@ -8,14 +8,14 @@ from collections import Counter
 import pytest
 
 import ctxfold
-from ctxfold._choices import (
+from ctxfold.broker import request_key
+from ctxfold.choices import (
     check_choices,
     check_notes,
     choice_grammar,
     choice_prompt,
     match_choice,
 )
-from ctxfold.broker import request_key
 from ctxfold.models import OpenAIModel, ScriptedModel
 from ctxfold.sandbox import SubcallItem
 from ctxfold.testing.fake_openai import FakeOpenAIServer

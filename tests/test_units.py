@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 import ctxfold
-from ctxfold._code import extract_code
 from ctxfold.budget import BudgetMeter
 from ctxfold.context import prepare_contexts
+from ctxfold.engine import extract_code
 from ctxfold.models import TokenUsage
 from ctxfold.trace import AnswerUpdate, RunEnd, Trace
 from ctxfold.usage import UsageMeter

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ctxfold._choices import choice_max_tokens, choice_prompt, match_choice, retry_instruction
-from ctxfold._run import RunShared
+from ctxfold.choices import choice_max_tokens, choice_prompt, match_choice, retry_instruction
+from ctxfold.engine import RunShared
 from ctxfold.models import Completion, Message, Model
 from ctxfold.sandbox import SubcallItem, SubcallRequest
 from ctxfold.tools import ToolOutcome, run_tool_loop

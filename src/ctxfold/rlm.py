@@ -14,11 +14,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ctxfold._resume import ResumeState, load_resume_state
-from ctxfold._run import EngineOptions, RunShared
 from ctxfold.budget import Budget, budget_from_dict
 from ctxfold.context import PreparedContext, prepare_contexts
-from ctxfold.engine import Engine
+from ctxfold.engine import Engine, EngineOptions, ResumeState, RunShared, load_resume_state
 from ctxfold.errors import ContextError, CtxfoldError, UntrustedSpecError, quoted
 from ctxfold.models import Model, foreign_endpoint, resolve_model
 from ctxfold.prompts import PROFILES
@@ -29,8 +27,8 @@ from ctxfold.sandbox import (
     SparePool,
     host_temp_dir,
     make_sandbox,
+    remove_soon,
 )
-from ctxfold.sandbox._cleanup import remove_soon
 from ctxfold.tools import DEFAULT_TURNS, Tool, as_tools
 from ctxfold.trace import RunEnd, RunResume, RunStart, Trace
 from ctxfold.usage import Usage

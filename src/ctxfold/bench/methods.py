@@ -21,8 +21,7 @@ from typing import Any
 from ctxfold.bench._types import Instance
 from ctxfold.budget import Budget
 from ctxfold.errors import ModelError
-from ctxfold.models import Message, Model, TokenUsage
-from ctxfold.models._tokens import count_tokens
+from ctxfold.models import Message, Model, TokenUsage, count_tokens
 from ctxfold.rlm import RLM, Result
 from ctxfold.trace import Feedback, RootResponse, Trace
 

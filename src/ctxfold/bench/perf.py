@@ -366,9 +366,9 @@ _RUNNERS: dict[str, tuple[_Runner, str]] = {
 
 def _quiet() -> None:
     """Wait until ctxfold starts no spare worker in the background (see the module docstring)."""
-    from ctxfold.sandbox._spare import POOL
+    from ctxfold.sandbox import settle_spares
 
-    POOL.settle()
+    settle_spares()
 
 
 def _measure_turns(library: str, turns: int, setup: _Setup) -> _TurnSample:

@@ -4,9 +4,17 @@ Importing this package is cheap: the ``openai`` and ``anthropic`` SDKs load on a
 call, and the embedded local model only when a ``"local"`` spec is resolved.
 """
 
-from ctxfold.models._base import Completion, Message, Model, TokenUsage
+from ctxfold.models._base import (
+    Completion,
+    Message,
+    Model,
+    TokenUsage,
+    ToolCompletion,
+    ToolModel,
+)
 from ctxfold.models._retry import RetryPolicy
 from ctxfold.models._spec import foreign_endpoint, resolve_model
+from ctxfold.models._tokens import count_message_tokens, count_tokens
 from ctxfold.models.anthropic_model import AnthropicModel
 from ctxfold.models.openai_compat import OpenAIModel
 from ctxfold.models.scripted import ScriptedModel
@@ -20,6 +28,10 @@ __all__ = [
     "RetryPolicy",
     "ScriptedModel",
     "TokenUsage",
+    "ToolCompletion",
+    "ToolModel",
+    "count_message_tokens",
+    "count_tokens",
     "foreign_endpoint",
     "resolve_model",
 ]

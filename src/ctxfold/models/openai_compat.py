@@ -34,7 +34,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from ctxfold._choices import choice_grammar
+from ctxfold.choices import choice_grammar
 from ctxfold.errors import MissingAPIKeyError, ModelSpecError
 from ctxfold.models._base import (
     Completion,

@@ -13,8 +13,10 @@ from ctxfold.sandbox._base import (
     SubcallItem,
     SubcallRequest,
 )
+from ctxfold.sandbox._cleanup import remove_soon
 from ctxfold.sandbox._isolation import IsolationWarning
-from ctxfold.sandbox._spare import SparePool, WarmHold, keep_warm, stop_spares
+from ctxfold.sandbox._setup import SetupSandbox
+from ctxfold.sandbox._spare import SparePool, WarmHold, keep_warm, settle_spares, stop_spares
 from ctxfold.sandbox._tempdirs import host_temp_dir
 from ctxfold.sandbox.docker import DockerSandbox
 from ctxfold.sandbox.process import ProcessSandbox
@@ -27,6 +29,7 @@ __all__ = [
     "IsolationWarning",
     "ProcessSandbox",
     "Sandbox",
+    "SetupSandbox",
     "SparePool",
     "SubcallHandler",
     "SubcallItem",
@@ -35,6 +38,8 @@ __all__ = [
     "host_temp_dir",
     "keep_warm",
     "make_sandbox",
+    "remove_soon",
+    "settle_spares",
     "stop_spares",
 ]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ctxfold._choices import check_choices, check_notes
+from ctxfold.choices import check_choices, check_notes
 from ctxfold.sandbox._base import (
     AnswerState,
     CellResult,

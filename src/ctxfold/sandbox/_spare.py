@@ -287,6 +287,12 @@ def keep_warm() -> WarmHold:
     return POOL.hold()
 
 
+def settle_spares() -> None:
+    """Wait until the process-wide pool starts no spare worker in the background (benchmarks
+    settle it before timing)."""
+    POOL.settle()
+
+
 def stop_spares() -> None:
     """Stop every spare of the process-wide pool now (holds stay: the next sandbox to close
     leaves a new one)."""

@@ -29,8 +29,7 @@ from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ctxfold.models import Completion, Message, TokenUsage
-from ctxfold.models._base import ToolCompletion, ToolModel
+from ctxfold.models import Completion, Message, TokenUsage, ToolCompletion, ToolModel
 from ctxfold.tools._native import native_system_text, native_tool_model, tool_specs
 from ctxfold.tools._tool import Tool
 

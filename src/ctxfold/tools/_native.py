@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ctxfold.models._base import ToolModel
+from ctxfold.models import ToolModel
 from ctxfold.tools._tool import Tool
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ctxfold.errors import CtxfoldError
-from ctxfold.models._tokens import count_tokens
+from ctxfold.models import count_tokens
 
 _CPT: dict[str, float] = {}
 _CPT_LOCK = threading.Lock()

@@ -30,7 +30,7 @@ from ctxfold.bench.tasks._common import (
     _VariantTask,
 )
 from ctxfold.errors import CtxfoldError
-from ctxfold.models._tokens import count_tokens
+from ctxfold.models import count_tokens
 
 __all__ = ["LETTERS", "VARIANTS", "CodeQATask", "parse_choice"]
 

@@ -43,7 +43,7 @@ from ctxfold.bench.tasks._common import (
 )
 from ctxfold.bench.tasks.sniah import _words
 from ctxfold.errors import CtxfoldError
-from ctxfold.models._tokens import count_tokens
+from ctxfold.models import count_tokens
 
 __all__ = [
     "FIELDS",

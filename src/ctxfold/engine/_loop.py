@@ -15,16 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from ctxfold import prompts
-from ctxfold._code import extract_code
-from ctxfold._feedback import describe_cells
-from ctxfold._resume import ReplayHandler, ResumeState
-from ctxfold._run import RunShared
 from ctxfold.broker import Broker
 from ctxfold.context import PreparedContext, prepare_contexts
+from ctxfold.engine._code import extract_code
+from ctxfold.engine._feedback import describe_cells
+from ctxfold.engine._resume import ReplayHandler, ResumeState
+from ctxfold.engine._run import RunShared
 from ctxfold.errors import CtxfoldError
 from ctxfold.models import Message
-from ctxfold.sandbox import AnswerState, Sandbox, SubcallHandler, host_temp_dir
-from ctxfold.sandbox._setup import SetupSandbox
+from ctxfold.sandbox import AnswerState, Sandbox, SetupSandbox, SubcallHandler, host_temp_dir
 from ctxfold.tools import root_tools_note
 from ctxfold.tools._root import check_root_tools, code_tools_text, demo_fits, setup_code
 from ctxfold.trace import (

@@ -12,8 +12,8 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from ctxfold._run import RunShared
 from ctxfold.broker import request_key
+from ctxfold.engine._run import RunShared
 from ctxfold.errors import CtxfoldError
 from ctxfold.models import TokenUsage
 from ctxfold.sandbox import AnswerState, SubcallHandler, SubcallRequest

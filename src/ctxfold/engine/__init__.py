@@ -1,0 +1,30 @@
+"""The root loop and what one run's engines share.
+
+``_loop.py`` holds :class:`Engine` (start the sandbox, ask the root model, run its code, report
+back, stop when ``answer["ready"]`` or a budget ends); ``_run.py`` the state shared by the
+engines of one run (:class:`RunShared`, :class:`EngineOptions`); ``_resume.py`` rebuilding a
+killed run from its trace; ``_feedback.py`` what the root model is told after a turn;
+``_code.py`` finding the code blocks of a reply.
+"""
+
+from __future__ import annotations
+
+# RunShared first: the broker, imported by the loop, takes it from this package.
+from ctxfold.engine._run import EngineOptions, RunShared  # isort: skip
+from ctxfold.engine._code import extract_code
+from ctxfold.engine._feedback import describe_cells
+from ctxfold.engine._loop import Engine, Outcome
+from ctxfold.engine._resume import ReplayHandler, ResumeState, TurnRecord, load_resume_state
+
+__all__ = [
+    "Engine",
+    "EngineOptions",
+    "Outcome",
+    "ReplayHandler",
+    "ResumeState",
+    "RunShared",
+    "TurnRecord",
+    "describe_cells",
+    "extract_code",
+    "load_resume_state",
+]
