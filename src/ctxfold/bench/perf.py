@@ -602,6 +602,49 @@ def machine_info() -> dict[str, str]:
     return info
 
 
+def _libraries(include_rlms: bool) -> tuple[list[str], str]:
+    """The libraries to measure, and a note on rlms when it is left out."""
+    if not include_rlms:
+        return ["ctxfold"], "rlms was not measured (include_rlms=False)."
+    if rlms_version() is None:
+        return ["ctxfold"], "rlms is not installed (`pip install 'ctxfold[perf]'`): ctxfold alone."
+    return ["ctxfold", "rlms"], ""
+
+
+def _sample(
+    libraries: list[str],
+    setup: _Setup,
+    turns: int,
+    batch: int,
+    latency: float,
+    repeats: int,
+    say: Callable[[str], None],
+) -> tuple[dict[str, list[_TurnSample]], dict[str, list[_BatchSample]], list[_TurnSample]]:
+    """Every measurement, libraries alternating: turn samples, batch samples, cold starts."""
+    from ctxfold.sandbox import keep_warm, stop_spares
+
+    turn_samples: dict[str, list[_TurnSample]] = {lib: [] for lib in libraries}
+    batch_samples: dict[str, list[_BatchSample]] = {lib: [] for lib in libraries}
+    cold_samples: list[_TurnSample] = []
+    with keep_warm():  # as a long-lived program: see the module docstring
+        for library in libraries:  # warm-up: imports, first connections; not counted
+            say(f"warm-up {library}")
+            _measure_turns(library, 2, setup)
+        for rep in range(repeats):
+            order = libraries if rep % 2 == 0 else libraries[::-1]
+            for library in order:
+                say(f"repeat {rep + 1}/{repeats}: {library}, {turns} turns")
+                turn_samples[library].append(_measure_turns(library, turns, setup))
+            for library in order[::-1]:
+                say(f"repeat {rep + 1}/{repeats}: {library}, batch of {batch}")
+                batch_samples[library].append(_measure_batch(library, batch, latency, setup))
+            say(f"repeat {rep + 1}/{repeats}: ctxfold, {turns} turns, cold start")
+            _quiet()
+            stop_spares()
+            cold_samples.append(_measure_turns("ctxfold", turns, setup))
+    return turn_samples, batch_samples, cold_samples
+
+
 def run_perf(
     *,
     turns: int = 20,
@@ -630,39 +673,12 @@ def run_perf(
     """
     if turns < 2 or batch < 1 or latency <= 0 or concurrency < 1 or repeats < 1:
         raise ValueError("need turns >= 2, batch >= 1, latency > 0, concurrency >= 1, repeats >= 1")
-    say = progress or (lambda line: None)
-    libraries = ["ctxfold"]
-    note = ""
-    if include_rlms:
-        if rlms_version() is None:
-            note = "rlms is not installed (`pip install 'ctxfold[perf]'`): ctxfold alone."
-        else:
-            libraries.append("rlms")
-    else:
-        note = "rlms was not measured (include_rlms=False)."
+    libraries, note = _libraries(include_rlms)
     setup = _Setup(isolated_server, concurrency, sandbox)
     load_before = _load()
-    from ctxfold.sandbox import keep_warm, stop_spares
-
-    turn_samples: dict[str, list[_TurnSample]] = {lib: [] for lib in libraries}
-    batch_samples: dict[str, list[_BatchSample]] = {lib: [] for lib in libraries}
-    cold_samples: list[_TurnSample] = []
-    with keep_warm():  # as a long-lived program: see the module docstring
-        for library in libraries:  # warm-up: imports, first connections; not counted
-            say(f"warm-up {library}")
-            _measure_turns(library, 2, setup)
-        for rep in range(repeats):
-            order = libraries if rep % 2 == 0 else libraries[::-1]
-            for library in order:
-                say(f"repeat {rep + 1}/{repeats}: {library}, {turns} turns")
-                turn_samples[library].append(_measure_turns(library, turns, setup))
-            for library in order[::-1]:
-                say(f"repeat {rep + 1}/{repeats}: {library}, batch of {batch}")
-                batch_samples[library].append(_measure_batch(library, batch, latency, setup))
-            say(f"repeat {rep + 1}/{repeats}: ctxfold, {turns} turns, cold start")
-            _quiet()
-            stop_spares()
-            cold_samples.append(_measure_turns("ctxfold", turns, setup))
+    turn_samples, batch_samples, cold_samples = _sample(
+        libraries, setup, turns, batch, latency, repeats, progress or (lambda line: None)
+    )
     ideal = math.ceil(batch / concurrency) * latency
     perfs = {
         lib: _summarise(lib, turn_samples[lib], batch_samples[lib], ideal) for lib in libraries

@@ -642,46 +642,55 @@ def _load_context(spec: dict[str, Any]) -> Any:
     raise ValueError(f"unknown context kind {kind!r}")
 
 
+def _choice_arg(choices: Any, name: str) -> Any:
+    """``choices`` when it is a list of str or a dict {choice: description}, else TypeError
+    (the host checks the rest)."""
+    if isinstance(choices, dict):
+        if not all(isinstance(c, str) and isinstance(d, str) for c, d in choices.items()):
+            raise TypeError(f"{name}: choices as a dict must map str to str (a description)")
+        return dict(choices)
+    if isinstance(choices, str | bytes) or not isinstance(choices, list | tuple):
+        raise TypeError(
+            f"{name}: choices must be a list of str or a dict, got {type(choices).__name__}"
+        )
+    if not all(isinstance(c, str) for c in choices):
+        raise TypeError(f"{name}: every choice must be a str")
+    return list(choices)
+
+
+def _as_list(prompts: Any, name: str) -> list[Any]:
+    if isinstance(prompts, str | bytes | dict) or not hasattr(prompts, "__iter__"):
+        raise TypeError(f"{name} takes a list of prompts, got {type(prompts).__name__}")
+    return list(prompts)
+
+
 def _make_functions(worker: _Worker) -> list[Callable[..., Any]]:
     """The functions model code can call (each documented: models may call help())."""
+    return [*_subcall_functions(worker), *_answer_functions(worker)]
 
-    def ask(kind: str, name: str, items: list[Any], with_context: bool) -> list[str]:
-        slots: list[str | None] = [None] * len(items)
-        encoded: list[bytes] = []
-        where: list[int] = []
-        for i, item in enumerate(items):
-            label = f"{name} item {i}"
-            fields = _item_fields(item, label, with_context)
-            data = fields if isinstance(fields, str) else _encode_item(fields, label)
-            if isinstance(data, str):
-                slots[i] = data
-            else:
-                encoded.append(data)
-                where.append(i)
-        if encoded:
-            for i, text in zip(where, worker.call(kind, encoded), strict=True):
-                slots[i] = text
-        return [s if s is not None else "[error: no answer]" for s in slots]
 
-    def choice_arg(choices: Any, name: str) -> Any:
-        """``choices`` when it is a list of str or a dict {choice: description}, else TypeError
-        (the host checks the rest)."""
-        if isinstance(choices, dict):
-            if not all(isinstance(c, str) and isinstance(d, str) for c, d in choices.items()):
-                raise TypeError(f"{name}: choices as a dict must map str to str (a description)")
-            return dict(choices)
-        if isinstance(choices, str | bytes) or not isinstance(choices, list | tuple):
-            raise TypeError(
-                f"{name}: choices must be a list of str or a dict, got {type(choices).__name__}"
-            )
-        if not all(isinstance(c, str) for c in choices):
-            raise TypeError(f"{name}: every choice must be a str")
-        return list(choices)
+def _ask(worker: _Worker, kind: str, name: str, items: list[Any], with_context: bool) -> list[str]:
+    """Send ``items`` as one sub-call request; an error text in the slot of a bad item."""
+    slots: list[str | None] = [None] * len(items)
+    encoded: list[bytes] = []
+    where: list[int] = []
+    for i, item in enumerate(items):
+        label = f"{name} item {i}"
+        fields = _item_fields(item, label, with_context)
+        data = fields if isinstance(fields, str) else _encode_item(fields, label)
+        if isinstance(data, str):
+            slots[i] = data
+        else:
+            encoded.append(data)
+            where.append(i)
+    if encoded:
+        for i, text in zip(where, worker.call(kind, encoded), strict=True):
+            slots[i] = text
+    return [s if s is not None else "[error: no answer]" for s in slots]
 
-    def as_list(prompts: Any, name: str) -> list[Any]:
-        if isinstance(prompts, str | bytes | dict) or not hasattr(prompts, "__iter__"):
-            raise TypeError(f"{name} takes a list of prompts, got {type(prompts).__name__}")
-        return list(prompts)
+
+def _subcall_functions(worker: _Worker) -> list[Callable[..., Any]]:
+    """``llm_query``, ``llm_batch``, ``rlm_query``, ``rlm_batch``: sub-calls through the host."""
 
     def llm_query(
         prompt: str,
@@ -701,8 +710,8 @@ def _make_functions(worker: _Worker) -> list[Callable[..., Any]]:
             raise TypeError(f"llm_query: prompt must be a str, got {type(prompt).__name__}")
         item: dict[str, Any] = {"prompt": prompt, "system": system, "model": model}
         if choices is not None:
-            item["choices"] = choice_arg(choices, "llm_query")
-        return ask("llm", "llm_query", [item], False)[0]
+            item["choices"] = _choice_arg(choices, "llm_query")
+        return _ask(worker, "llm", "llm_query", [item], False)[0]
 
     def llm_batch(
         prompts: list[Any], *, choices: list[str] | dict[str, str] | None = None
@@ -715,16 +724,16 @@ def _make_functions(worker: _Worker) -> list[Callable[..., Any]]:
         description}`` the model also sees what each choice means. A failing item gives a text
         starting with "[error:" in its slot; the other answers are kept.
         """
-        items = as_list(prompts, "llm_batch")
+        items = _as_list(prompts, "llm_batch")
         if choices is not None:
-            shared = choice_arg(choices, "llm_batch")
+            shared = _choice_arg(choices, "llm_batch")
             items = [
                 {**p, "choices": p.get("choices", shared)}
                 if isinstance(p, dict)
                 else {"prompt": p, "choices": shared}
                 for p in items
             ]
-        return ask("llm", "llm_batch", items, False)
+        return _ask(worker, "llm", "llm_batch", items, False)
 
     def rlm_query(prompt: str, context: Any = None) -> str:
         """Hand a sub-problem to a child RLM with its own REPL; return its answer as text.
@@ -733,23 +742,29 @@ def _make_functions(worker: _Worker) -> list[Callable[..., Any]]:
         """
         if not isinstance(prompt, str):
             raise TypeError(f"rlm_query: prompt must be a str, got {type(prompt).__name__}")
-        return ask("rlm", "rlm_query", [{"prompt": prompt, "context": context}], True)[0]
+        return _ask(worker, "rlm", "rlm_query", [{"prompt": prompt, "context": context}], True)[0]
 
     def rlm_batch(prompts: list[Any], contexts: list[Any] | None = None) -> list[str]:
         """Run several child RLMs in parallel; one answer per prompt, in order.
 
         ``contexts``, when given, is a list as long as ``prompts``: the context of each child.
         """
-        items = as_list(prompts, "rlm_batch")
+        items = _as_list(prompts, "rlm_batch")
         if contexts is not None:
-            ctxs = as_list(contexts, "rlm_batch contexts")
+            ctxs = _as_list(contexts, "rlm_batch contexts")
             if len(ctxs) != len(items):
                 raise ValueError("rlm_batch: prompts and contexts must have the same length")
             items = [
                 {**p, "context": c} if isinstance(p, dict) else {"prompt": p, "context": c}
                 for p, c in zip(items, ctxs, strict=True)
             ]
-        return ask("rlm", "rlm_batch", items, True)
+        return _ask(worker, "rlm", "rlm_batch", items, True)
+
+    return [llm_query, llm_batch, rlm_query, rlm_batch]
+
+
+def _answer_functions(worker: _Worker) -> list[Callable[..., Any]]:
+    """``FINAL``, ``FINAL_VAR``, ``budget``, ``SHOW_VARS`` and the host's ``_define_tools``."""
 
     def FINAL(text: Any) -> None:
         """Give the final answer: sets ``answer["content"] = str(text)`` and ``answer["ready"]``."""
@@ -789,17 +804,7 @@ def _make_functions(worker: _Worker) -> list[Callable[..., Any]]:
         """Used by the host to give this run's code its tools (JSON specs); not for model code."""
         worker.define_tools(_loads(specs))
 
-    return [
-        llm_query,
-        llm_batch,
-        rlm_query,
-        rlm_batch,
-        FINAL,
-        FINAL_VAR,
-        budget,
-        SHOW_VARS,
-        _define_tools,
-    ]
+    return [FINAL, FINAL_VAR, budget, SHOW_VARS, _define_tools]
 
 
 def _channel_fds(argv: list[str]) -> tuple[int, int, list[str]]:
