@@ -9,17 +9,6 @@ error text it can count.
 
 from __future__ import annotations
 
-__all__ = [
-    "check_choices",
-    "check_notes",
-    "choice_grammar",
-    "choice_instruction",
-    "choice_max_tokens",
-    "choice_prompt",
-    "match_choice",
-    "retry_instruction",
-]
-
 import hashlib
 import json
 import random

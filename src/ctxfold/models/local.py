@@ -39,9 +39,9 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
+from ctxfold.closing import Closing
 from ctxfold.errors import CtxfoldError, LocalModelError, ModelError, ModelSpecError
 from ctxfold.models._base import Completion, Message
 from ctxfold.models._weights import (
@@ -286,7 +286,7 @@ def _stop_all_servers() -> None:
         server.stop()
 
 
-class LocalModel:
+class LocalModel(Closing):
     """A :class:`~ctxfold.models.Model` answered by the embedded llama.cpp server.
 
     Build it with :func:`load_local_model`. Calls go to an OpenAI-compatible endpoint on loopback;
@@ -351,17 +351,6 @@ class LocalModel:
         """Like :meth:`close`, also awaiting the running loop's HTTP client."""
         if self._server is not None:
             await self._client.aclose()
-        self.close()
-
-    def __enter__(self) -> LocalModel:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
         self.close()
 
     def __repr__(self) -> str:

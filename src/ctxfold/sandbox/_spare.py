@@ -35,9 +35,9 @@ import weakref
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Protocol
 
+from ctxfold.closing import Closing
 from ctxfold.sandbox._base import ContextSpec
 
 __all__ = ["SparePool", "WarmHold", "keep_warm", "stop_spares"]
@@ -238,7 +238,7 @@ class SparePool:
         self._jobs = {}
 
 
-class WarmHold:
+class WarmHold(Closing):
     """A hold on the spare-worker pool (see :func:`keep_warm`); :meth:`close` lets go of it."""
 
     def __init__(self, pool: SparePool) -> None:
@@ -249,17 +249,6 @@ class WarmHold:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.release()
-
-    def __enter__(self) -> WarmHold:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _forget_all() -> None:

@@ -23,9 +23,9 @@ import time
 import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from types import TracebackType
 from typing import Any
 
+from ctxfold.closing import Closing
 from ctxfold.errors import SandboxError
 from ctxfold.sandbox._base import (
     AnswerState,
@@ -57,7 +57,7 @@ _PASSED_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 _LIVE: weakref.WeakSet[ProcessSandbox] = weakref.WeakSet()
 
 
-class ProcessSandbox:
+class ProcessSandbox(Closing):
     """A persistent Python REPL in a separate worker process (see :class:`ctxfold.sandbox.Sandbox`).
 
     Args:
@@ -207,17 +207,6 @@ class ProcessSandbox:
         """The pid of the process the host started for the running worker (the worker itself,
         or bubblewrap around it; killing it ends the worker), if any."""
         return self._worker.pid if self._worker else None
-
-    def __enter__(self) -> ProcessSandbox:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # ---- lifecycle ----
 

@@ -18,8 +18,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
+
+from ctxfold.closing import Closing
 
 __all__ = ["FakeOpenAIServer", "Fault"]
 
@@ -57,7 +58,7 @@ _OTHER_KINDS = ("stall", "malformed", "cutoff", "empty")
 Reply = Callable[[list[dict[str, Any]]], str | dict[str, Any]] | str
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(Closing):
     """An OpenAI-compatible HTTP server in a daemon thread, bound to a free port on 127.0.0.1.
 
     Args:
@@ -139,17 +140,6 @@ class FakeOpenAIServer:
                 sock.shutdown(socket.SHUT_RDWR)
         self._httpd.server_close()
         self._thread.join()
-
-    def __enter__(self) -> FakeOpenAIServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- used by the handler ---------------------------------------------------------------
 
