@@ -1,8 +1,8 @@
 """CodeAct + BM25: the root model's own code calls search/read/grep in the REPL; no sub-LLMs.
 
-The mode is an engine option (``EngineOptions.root_tools``) used by the bench's ``codeact_bm25``
-method. Tool calls travel sandbox -> host over the worker's channel; everything the sandbox sends
-is hostile, so these tests also attack that path.
+The mode is an engine extension (``ctxfold.bench.codeact.CodeActTools``) used by the bench's
+``codeact_bm25`` method. Tool calls travel sandbox -> host over the worker's channel; everything
+the sandbox sends is hostile, so these tests also attack that path.
 """
 
 from __future__ import annotations
@@ -19,13 +19,18 @@ import pytest
 
 from ctxfold import RLM, Budget
 from ctxfold.bench import BenchSpec, run_bench
+from ctxfold.bench.codeact import (
+    CodeActTools,
+    check_arguments,
+    check_root_tools,
+    code_tools_text,
+    codeact_system_prompt,
+)
 from ctxfold.bench.tool_methods import _write_corpus
 from ctxfold.errors import CtxfoldError
 from ctxfold.models import Message, ScriptedModel
-from ctxfold.prompts import system_prompt
 from ctxfold.rlm import Result
 from ctxfold.tools import Tool, corpus_tools
-from ctxfold.tools._root import check_arguments, check_root_tools, code_tools_text
 from ctxfold.trace import ToolCall
 
 CORPUS = {
@@ -53,12 +58,12 @@ def _run(
     profile: str = "concise",
 ) -> tuple[Result, ScriptedModel]:
     root = ScriptedModel(replies, name="scripted-root")
-    rlm = RLM._codeact(
-        tools,
+    rlm = RLM(
         model=root,
         sub_model=sub,
         budget=Budget(iterations=len(replies), depth=depth),
         prompt_profile=profile,
+        extension=CodeActTools(tools),
     )
     return rlm.run("Which river flows through Kellmark?", CORPUS if context is None else context), (
         root
@@ -120,8 +125,8 @@ def test_the_prompt_documents_the_functions_and_no_sub_llms(corpus: list[Tool]) 
     text = code_tools_text(corpus)
     assert text.count("\n") == 3 and text.startswith("- `search(query, k=5) -> str`: Search")
     for profile in ("concise", "small"):
-        prompt = system_prompt(
-            profile, context_summary="dict", output_limit=8000, sub_window=1, code_tools=text
+        prompt = codeact_system_prompt(
+            profile, context_summary="dict", output_limit=8000, code_tools=text
         )
         assert "$" not in prompt
 

@@ -20,7 +20,6 @@ from ctxfold.engine import RunShared
 from ctxfold.models import Completion, Message, Model
 from ctxfold.sandbox import SubcallItem, SubcallRequest
 from ctxfold.tools import ToolOutcome, run_tool_loop
-from ctxfold.tools._root import call_root_tool, preview_arguments
 from ctxfold.trace import SubcallEnd, SubcallStart, ToolCall
 
 # (prompt, context, depth of the child) -> the child run's answer
@@ -65,10 +64,10 @@ class Broker:
             return self._shared.meter.remaining()
         if request.kind == "tool":
             return [self._guarded(self._tool, item) for item in request.items]
-        if self._shared.options.root_tools:
+        extension = self._shared.options.extension
+        if extension is not None and extension.refuses_subcalls:
             name = "llm_query" if request.kind == "llm" else "rlm_query"
-            why = "sub-calls are disabled in this run (the code has tools instead)"
-            return [error_text(name, why)] * len(request.items)
+            return [error_text(name, extension.refuses_subcalls)] * len(request.items)
         one = self._llm if request.kind == "llm" else self._rlm
         # What the budget cannot allow is refused now, before anything is queued.
         allowed = self._shared.meter.calls_allowed(len(request.items))
@@ -296,13 +295,17 @@ class Broker:
         )
 
     def _tool(self, item: SubcallItem) -> str:
-        """One root-visible tool call from the sandbox (``prompt``: the name, ``context``: the
-        arguments), run only if the run gives code that tool; traced as a ``tool_call``."""
+        """One ``tool`` request from the sandbox (``prompt``: the name, ``context``: the
+        arguments), answered by the run's extension, if it has one; traced as a ``tool_call``."""
         shared = self._shared
         call_id, started = shared.next_id(), time.monotonic()
+        extension = shared.options.extension
         outcome: tuple[str, str | None, dict[str, Any]] = ("", "the run was cancelled", {})
-        if not shared.cancelled.is_set():
-            outcome = call_root_tool(shared.options.root_tools, item.prompt, item.context)
+        if extension is None:
+            none = f"no tool named {item.prompt[:64]!r}; the tools are: none in this run"
+            outcome = ("", none, {})
+        elif not shared.cancelled.is_set():
+            outcome = extension.call(item.prompt, item.context)
         result, error, arguments = outcome
         shared.emit(
             ToolCall(
@@ -311,7 +314,7 @@ class Broker:
                 call_id=call_id,
                 turn=next(self._tool_calls),
                 tool=item.prompt[:64],
-                arguments=preview_arguments(arguments or item.context),
+                arguments=arguments,
                 result=result[:_PREVIEW],
                 error=error,
                 latency_s=time.monotonic() - started,

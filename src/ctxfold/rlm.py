@@ -16,7 +16,14 @@ from typing import Any
 
 from ctxfold.budget import Budget, budget_from_dict
 from ctxfold.context import PreparedContext, prepare_contexts
-from ctxfold.engine import Engine, EngineOptions, ResumeState, RunShared, load_resume_state
+from ctxfold.engine import (
+    Engine,
+    EngineOptions,
+    Extension,
+    ResumeState,
+    RunShared,
+    load_resume_state,
+)
 from ctxfold.errors import ContextError, CtxfoldError, UntrustedSpecError, quoted
 from ctxfold.models import Model, foreign_endpoint, resolve_model
 from ctxfold.prompts import PROFILES
@@ -29,7 +36,7 @@ from ctxfold.sandbox import (
     make_sandbox,
     remove_soon,
 )
-from ctxfold.tools import DEFAULT_TURNS, Tool, as_tools
+from ctxfold.tools import DEFAULT_TURNS, as_tools
 from ctxfold.trace import RunEnd, RunResume, RunStart, Trace
 from ctxfold.usage import Usage
 
@@ -131,6 +138,8 @@ class RLM:
             objects or adapters (``WebSearch``) given to sub-LLMs only: each ``llm_query`` /
             ``llm_batch`` call may use them; the root model is told they exist, never calls them.
         tool_turns: tool calls allowed per sub-call before the sub-LLM must answer.
+        extension: advanced: a :class:`ctxfold.engine.Extension` that changes what the root model
+            is told and what its code can call on the host (the bench's CodeAct baseline is one).
     """
 
     def __init__(
@@ -146,6 +155,7 @@ class RLM:
         models: Mapping[str, str | Model] | None = None,
         tools: Sequence[Any] | None = None,
         tool_turns: int = DEFAULT_TURNS,
+        extension: Extension | None = None,
     ) -> None:
         if budget is not None and not isinstance(budget, Budget):
             raise CtxfoldError(f"budget must be a ctxfold.Budget, got {type(budget).__name__}")
@@ -171,18 +181,13 @@ class RLM:
             raise CtxfoldError(f"tool_turns must be a whole number >= 1, got {tool_turns!r}")
         self.tools = as_tools(tools)
         self._tool_turns = tool_turns
+        if extension is not None:
+            if not isinstance(extension, Extension):
+                kind = type(extension).__name__
+                raise CtxfoldError(f"extension must be an Extension, got {kind}")
+            self._options = replace(self._options, extension=extension)
         self._spares = SparePool()  # a started sandbox worker waits here for the next run
         self._warm: weakref.finalize[[], RLM] | None = None
-
-    @classmethod
-    def _codeact(cls, root_tools: Sequence[Tool], *args: Any, **kwargs: Any) -> RLM:
-        """Internal, not public API (the bench's ``codeact_bm25`` and its tests): an RLM made
-        from ``args``/``kwargs`` whose root model's code calls ``root_tools`` as REPL functions
-        (``EngineOptions.root_tools``, see ``tools/_root.py``). The public ``tools`` argument
-        gives tools to sub-LLMs only."""
-        rlm = cls(*args, **kwargs)
-        rlm._options = replace(rlm._options, root_tools=tuple(root_tools))
-        return rlm
 
     def _resolve(self, spec: str | Model) -> Model:
         model = resolve_model(spec)

@@ -7,7 +7,7 @@
   execution, and is named for what it is.
 - ``codeact_bm25``: the paper's CodeAct + BM25 baseline: the root model writes code in the REPL
   (``context`` loaded, as in an RLM) and that code calls ``search``/``read``/``grep`` as Python
-  functions; no sub-LLM calls (see :mod:`ctxfold.tools._root`).
+  functions; no sub-LLM calls (see :mod:`ctxfold.bench.codeact`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ctxfold.bench._types import Instance
+from ctxfold.bench.codeact import CodeActTools
 from ctxfold.bench.methods import MethodResult, rlm_result
 from ctxfold.budget import Budget
 from ctxfold.models import Message, Model, TokenUsage
@@ -93,5 +94,5 @@ def codeact_bm25(instance: Instance, root: Model, sub: Model, max_iterations: in
     with tempfile.TemporaryDirectory(prefix="ctxfold-corpus-") as folder:
         tools = corpus_tools(_write_corpus(instance.context, Path(folder)), cache_dir=folder)
         budget = Budget(iterations=max_iterations, depth=0)
-        rlm = RLM._codeact(tools, model=root, sub_model=root, budget=budget)
+        rlm = RLM(root, root, budget=budget, extension=CodeActTools(tools))
         return rlm_result(rlm.run(instance.question, instance.context))

@@ -12,6 +12,7 @@ from __future__ import annotations
 # RunShared first: the broker, imported by the loop, takes it from this package.
 from ctxfold.engine._run import EngineOptions, RunShared  # isort: skip
 from ctxfold.engine._code import extract_code
+from ctxfold.engine._extension import Extension
 from ctxfold.engine._feedback import describe_cells
 from ctxfold.engine._loop import Engine, Outcome
 from ctxfold.engine._resume import ReplayHandler, ResumeState, TurnRecord, load_resume_state
@@ -19,6 +20,7 @@ from ctxfold.engine._resume import ReplayHandler, ResumeState, TurnRecord, load_
 __all__ = [
     "Engine",
     "EngineOptions",
+    "Extension",
     "Outcome",
     "ReplayHandler",
     "ResumeState",

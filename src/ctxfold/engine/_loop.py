@@ -25,7 +25,6 @@ from ctxfold.errors import CtxfoldError
 from ctxfold.models import Message
 from ctxfold.sandbox import AnswerState, Sandbox, SetupSandbox, SubcallHandler, host_temp_dir
 from ctxfold.tools import root_tools_note
-from ctxfold.tools._root import check_root_tools, code_tools_text, demo_fits, setup_code
 from ctxfold.trace import (
     AnswerUpdate,
     BudgetStop,
@@ -150,9 +149,10 @@ class Engine:
         question: str,
     ) -> None:
         """Start the sandbox with its set-up cells (run again after every worker restart)."""
-        tools = self._shared.options.root_tools
-        if tools:  # CodeAct mode: the tools are functions in the REPL
-            sandbox.add(setup_code(check_root_tools(tools)), what="the tools", timeout=60)
+        extension = self._shared.options.extension
+        setup = extension.setup_code() if extension is not None else None
+        if setup:  # e.g. functions the extension answers on the host
+            sandbox.add(setup, what="the extension's set-up", timeout=60)
         # ``question`` in the REPL: code can search for its words without copying them (small
         # models copy the wrong text).
         sandbox.add(
@@ -175,25 +175,27 @@ class Engine:
             else f"{len(contexts)} inputs, also named " + ", ".join(names)
         )
         sub_window = (sub.context_window or 32_000) * 3
-        system = prompts.system_prompt(
+        ext = opts.extension
+        system = ext.system_prompt(
+            opts.prompt_profile, context_summary=summary, output_limit=opts.output_limit
+        ) if ext is not None else None
+        system = system or prompts.system_prompt(
             opts.prompt_profile,
             context_summary=summary,
             output_limit=opts.output_limit,
             sub_window=sub_window,
             sub_calls=self._shared.budget.depth > 0,
             tools_note=root_tools_note(self._shared.tools) if self._shared.budget.depth > 0 else "",
-            code_tools=code_tools_text(opts.root_tools),
         )
         task = prompts.task_message(
             question, [(n, c.description) for n, c in zip(names, contexts, strict=True)]
         )
         messages: list[Message] = [{"role": "system", "content": system}]
-        demo = prompts.demonstration(
-            opts.prompt_profile,
-            question=question,
-            sub_calls=self._shared.budget.depth > 0,
-            code_tools=demo_fits(opts.root_tools),
-        )
+        demo = ext.demonstration(opts.prompt_profile) if ext is not None else None
+        if demo is None:
+            demo = prompts.demonstration(
+                opts.prompt_profile, question=question, sub_calls=self._shared.budget.depth > 0
+            )
         if demo:
             messages += demo[:-1]
             task = f"{demo[-1]['content']}\n\n{task}"

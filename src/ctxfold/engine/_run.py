@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ctxfold.budget import Budget, BudgetMeter
+from ctxfold.engine._extension import Extension
 from ctxfold.models import Model, TokenUsage
 from ctxfold.sandbox import Sandbox
 from ctxfold.tools import Tool
@@ -24,9 +25,8 @@ class EngineOptions:
     output_limit: int = 8000  # characters of cell output shown to the root model
     prompt_profile: str = "concise"  # "concise" | "small"
     history_chars: int = 120_000  # root conversation is trimmed to about this many characters
-    # CodeAct mode (bench only, not an RLM argument): these tools become functions the root
-    # model's code calls, and sub-LLM calls are refused. See ctxfold.tools._root.
-    root_tools: tuple[Tool, ...] = ()
+    # What an extension changes in the root conversation (see _extension.py); None: nothing.
+    extension: Extension | None = None
 
 
 @dataclass(slots=True)

@@ -27,21 +27,11 @@ def system_prompt(
     sub_window: int,
     sub_calls: bool = True,
     tools_note: str = "",
-    code_tools: str = "",
 ) -> str:
     """The root system prompt of a profile (``"concise"`` for strong models, ``"small"``).
 
     ``sub_calls=False`` leaves out the sub-LLM functions (a run with ``Budget(depth=0)``).
-    ``code_tools`` (lines documenting functions the code may call, see ``ctxfold.tools._root``)
-    selects the CodeAct prompt instead: those functions, no sub-LLMs.
     """
-    if code_tools:
-        name = "codeact_small.md" if profile == "small" else "codeact.md"
-        return Template(_text(name)).substitute(
-            context_summary=context_summary,
-            output_limit=f"{output_limit:,}",
-            code_tools=code_tools,
-        )
     name = "system_small.md" if profile == "small" else "system.md"
     snippets = json.loads(_text("subcalls.json"))[profile]
     on = "" if sub_calls else "off_"
@@ -56,20 +46,14 @@ def system_prompt(
     )
 
 
-def demonstration(
-    profile: str, *, question: str = "", sub_calls: bool = True, code_tools: bool = False
-) -> list[Message]:
+def demonstration(profile: str, *, question: str = "", sub_calls: bool = True) -> list[Message]:
     """Prior chat turns that show a worked exchange (only the ``small`` profile has them).
 
     Small models copy the demonstration they are shown, so the one shown is the one nearest to
-    ``question`` (see :func:`pick_demonstration`). ``code_tools``: the CodeAct one, which calls
-    ``search`` and ``read``.
+    ``question`` (see :func:`pick_demonstration`).
     """
     if profile != "small":
         return []
-    if code_tools:
-        codeact: list[Message] = json.loads(_text("demo_codeact_small.json"))
-        return codeact
     return pick_demonstration(question, sub_calls=sub_calls).turns
 
 

@@ -1,7 +1,7 @@
 """Reading what the worker sends: every field is checked, nothing is trusted.
 
 Sub-call requests become :class:`SubcallRequest` values for the engine's handler (and its answers
-go back slot by slot); a ``tool`` request (a root-visible tool, see ``ctxfold.tools._root``) is
+go back slot by slot); a ``tool`` request (a host function of an engine extension) is
 carried as an item whose ``prompt`` is the tool's name and ``context`` its arguments; ``result``
 messages become the fields of a :class:`CellResult`.
 """

@@ -22,7 +22,8 @@ to a queue served by the main thread, where cells run (so the host's SIGINT inte
 Set-up cells (``"setup": true`` in ``exec``) are the host's own code, e.g. ``question = ...``; they
 are not numbered, so the model's first cell is ``<cell 1>`` in its tracebacks.
 
-Tools: when a run gives the root model's code tools (``ctxfold.tools._root``), a set-up cell
+Host functions: when a run's extension gives the root model's code functions answered on the host
+(the bench's CodeAct baseline, ``ctxfold.bench.codeact``), a set-up cell
 calls ``_define_tools``; each tool's function sends a ``call`` of kind ``tool`` with one item
 ``{"name", "arguments"}`` and returns the host's answer (a result or an ``[error: ...]`` text).
 """

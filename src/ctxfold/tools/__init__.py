@@ -15,6 +15,7 @@ from ctxfold.tools._loop import (
     ToolOutcome,
     arun_tool_loop,
     root_tools_note,
+    run_tool,
     run_tool_loop,
 )
 from ctxfold.tools._schema import function_schema
@@ -36,5 +37,6 @@ __all__ = [
     "corpus_tools",
     "function_schema",
     "root_tools_note",
+    "run_tool",
     "run_tool_loop",
 ]

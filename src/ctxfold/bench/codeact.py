@@ -1,10 +1,10 @@
 """Tools called by the root model's own code: the CodeAct + BM25 baseline of ``ctxfold bench``.
 
-ctxfold gives tools to sub-LLMs only. One internal mode, ``EngineOptions.root_tools`` (set by the
-bench's ``codeact_bm25`` method; not an ``RLM`` argument), gives them to the root model's code
-instead, and no sub-LLM calls: each tool becomes a sandbox function of the same name
+ctxfold gives tools to sub-LLMs only. This baseline, :class:`CodeActTools`, is an engine
+extension (:class:`ctxfold.engine.Extension`) that gives them to the root model's code instead,
+and refuses sub-LLM calls: each tool becomes a sandbox function of the same name
 (``search("..." , k=5)``) that sends a ``tool`` request over the worker's channel. The broker
-answers it with :func:`call_root_tool`, which runs the tool on the host in a thread with the
+hands it to :meth:`CodeActTools.call`, which runs the tool on the host in a thread with the
 tool's timeout. Everything the sandbox sends is hostile: only the run's named tools can be
 reached, arguments must match the tool's JSON schema, and their sizes are bounded. A failure comes
 back to the code as an ``[error: ...]`` string, never as an exception in the host.
@@ -17,11 +17,14 @@ import json
 import keyword
 import re
 from collections.abc import Sequence
+from functools import cache
+from importlib import resources
+from string import Template
 from typing import Any
 
 from ctxfold.errors import CtxfoldError
-from ctxfold.tools._loop import run_tool
-from ctxfold.tools._tool import Tool
+from ctxfold.models import Message
+from ctxfold.tools import Tool, run_tool
 
 MAX_STRING = 10_000  # characters of one string argument
 MAX_ARGUMENTS = 100_000  # characters of all the arguments of one call, as JSON
@@ -210,3 +213,53 @@ def preview_arguments(arguments: Any, limit: int = 200) -> dict[str, Any]:
 def demo_fits(tools: Sequence[Tool]) -> bool:
     """Whether the CodeAct demonstration (which calls ``search`` and ``read``) fits ``tools``."""
     return {"search", "read"} <= {t.name for t in tools}
+
+
+@cache
+def _text(name: str) -> str:
+    return resources.files("ctxfold.bench.prompts").joinpath(name).read_text(encoding="utf-8")
+
+
+def codeact_system_prompt(
+    profile: str, *, context_summary: str, output_limit: int, code_tools: str
+) -> str:
+    """The CodeAct root system prompt of a profile: the functions in ``code_tools`` (lines from
+    :func:`code_tools_text`), no sub-LLMs."""
+    name = "codeact_small.md" if profile == "small" else "codeact.md"
+    return Template(_text(name)).substitute(
+        context_summary=context_summary, output_limit=f"{output_limit:,}", code_tools=code_tools
+    )
+
+
+class CodeActTools:
+    """The CodeAct baseline as an engine extension: ``tools`` are functions of the root model's
+    code, answered on the host; sub-LLM calls are refused."""
+
+    refuses_subcalls: str | None = (
+        "sub-calls are disabled in this run (the code has tools instead)"
+    )
+
+    def __init__(self, tools: Sequence[Tool]) -> None:
+        self.tools = check_root_tools(tools)
+
+    def setup_code(self) -> str | None:
+        return setup_code(self.tools)
+
+    def system_prompt(self, profile: str, *, context_summary: str, output_limit: int) -> str:
+        return codeact_system_prompt(
+            profile,
+            context_summary=context_summary,
+            output_limit=output_limit,
+            code_tools=code_tools_text(self.tools),
+        )
+
+    def demonstration(self, profile: str) -> list[Message] | None:
+        """The small profile's CodeAct exchange, when the tools are the ones it calls."""
+        if profile != "small" or not demo_fits(self.tools):
+            return None
+        turns: list[Message] = json.loads(_text("demo_codeact_small.json"))
+        return turns
+
+    def call(self, name: str, arguments: Any) -> tuple[str, str | None, dict[str, Any]]:
+        result, error, checked = call_root_tool(self.tools, name, arguments)
+        return result, error, preview_arguments(checked or arguments)
