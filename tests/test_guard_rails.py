@@ -141,3 +141,16 @@ def test_the_first_model_cell_is_cell_1_despite_the_question_set_up_cell() -> No
     assert first.stdout.strip() == "Where is the needle?"  # the set-up cell ran
     assert first.error is not None and '"<cell 1>", line 2' in first.error
     assert result.ready
+
+
+def test_a_strong_models_profile_runs_no_repeated_code_guard() -> None:
+    """The repeated-code guard is the small profile's switch, not a rule of the loop."""
+    same = code("print(len(context))")
+    done = code('answer["content"] = "4"\nanswer["ready"] = True')
+    rlm = ctxfold.RLM(model=ScriptedModel([same, same, done]), prompt_profile="concise")
+    result = rlm.run("q", context="data")
+    assert result.answer == "4"
+    assert [c.stdout for c in result.trace.of_type(Cell)][:2] == ["4\n", "4\n"]
+    assert not [g for g in result.trace.of_type(Guard) if "repeated" in g.reason]
+    assert prompts.profile("small").repeated_code_guard
+    assert not prompts.profile("concise").repeated_code_guard

@@ -26,7 +26,7 @@ from ctxfold.engine import (
 )
 from ctxfold.errors import ContextError, CtxfoldError, UntrustedSpecError, quoted
 from ctxfold.models import Model, foreign_endpoint, resolve_model
-from ctxfold.prompts import PROFILES
+from ctxfold.prompts import PROFILES, profile_for
 from ctxfold.sandbox import (
     ContextSpec,
     ProcessSandbox,
@@ -199,8 +199,7 @@ class RLM:
         self, concurrency: int, output_limit: int | None, profile: str
     ) -> EngineOptions:
         window = self.model.context_window
-        if profile == "auto":
-            profile = "small" if self.model.name.startswith("local") else "concise"
+        profile = profile_for(profile, self.model.name)
         if output_limit is None:
             output_limit = 8000 if window is None else max(1000, min(8000, window // 2))
         history = 120_000 if window is None else max(8_000, int(window * 3 * 0.6))

@@ -3,8 +3,9 @@
 ``_loop.py`` holds :class:`Engine` (start the sandbox, ask the root model, run its code, report
 back, stop when ``answer["ready"]`` or a budget ends); ``_run.py`` the state shared by the
 engines of one run (:class:`RunShared`, :class:`EngineOptions`); ``_resume.py`` rebuilding a
-killed run from its trace; ``_feedback.py`` what the root model is told after a turn;
-``_code.py`` finding the code blocks of a reply.
+killed run from its trace; ``_extension.py`` the one seam for changing the root conversation;
+``_code.py`` finding the code blocks of a reply. What the root model is told is the business of
+its prompt profile (``ctxfold.prompts.Profile``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 from ctxfold.engine._run import EngineOptions, RunShared  # isort: skip
 from ctxfold.engine._code import extract_code
 from ctxfold.engine._extension import Extension
-from ctxfold.engine._feedback import describe_cells
 from ctxfold.engine._loop import Engine, Outcome
 from ctxfold.engine._resume import ReplayHandler, ResumeState, TurnRecord, load_resume_state
 
@@ -26,7 +26,6 @@ __all__ = [
     "ResumeState",
     "RunShared",
     "TurnRecord",
-    "describe_cells",
     "extract_code",
     "load_resume_state",
 ]

@@ -18,7 +18,6 @@ from ctxfold import prompts
 from ctxfold.broker import Broker
 from ctxfold.context import PreparedContext, prepare_contexts
 from ctxfold.engine._code import extract_code
-from ctxfold.engine._feedback import describe_cells
 from ctxfold.engine._resume import ReplayHandler, ResumeState
 from ctxfold.engine._run import RunShared
 from ctxfold.errors import CtxfoldError
@@ -37,7 +36,6 @@ from ctxfold.trace import (
 )
 
 _UNSET_READY = 'answer["ready"] = False'
-_ELIDED = "[elided: an older output, to save space]"
 _SHARED_LIMITS = ("tokens", "usd", "seconds", "sub_calls")  # one meter for the whole run
 
 
@@ -106,6 +104,7 @@ class Engine:
     def __init__(self, shared: RunShared, depth: int = 0) -> None:
         self._shared = shared
         self._depth = depth
+        self._profile = prompts.profile(shared.options.prompt_profile)
 
     def run(
         self, question: str, contexts: list[PreparedContext], replay: ResumeState | None = None
@@ -167,39 +166,34 @@ class Engine:
         )
 
     def _first_messages(self, question: str, contexts: list[PreparedContext]) -> _Loop:
-        opts, sub = self._shared.options, self._shared.sub_model
+        """The conversation the root model starts from, as its profile (or an extension) words
+        it: the question stays the last thing it reads."""
+        opts, sub, profile = self._shared.options, self._shared.sub_model, self._profile
         names = ["context"] if len(contexts) == 1 else [c.spec["name"] for c in contexts]
         summary = (
             contexts[0].description.split(". Preview:")[0]
             if len(contexts) == 1
             else f"{len(contexts)} inputs, also named " + ", ".join(names)
         )
-        sub_window = (sub.context_window or 32_000) * 3
+        sub_calls = self._shared.budget.depth > 0
         ext = opts.extension
-        system = ext.system_prompt(
-            opts.prompt_profile, context_summary=summary, output_limit=opts.output_limit
-        ) if ext is not None else None
-        system = system or prompts.system_prompt(
-            opts.prompt_profile,
+        system = (
+            ext.system_prompt(profile.name, context_summary=summary, output_limit=opts.output_limit)
+            if ext is not None
+            else None
+        ) or prompts.system_prompt(
+            profile.name,
             context_summary=summary,
             output_limit=opts.output_limit,
-            sub_window=sub_window,
-            sub_calls=self._shared.budget.depth > 0,
-            tools_note=root_tools_note(self._shared.tools) if self._shared.budget.depth > 0 else "",
+            sub_window=(sub.context_window or 32_000) * 3,
+            sub_calls=sub_calls,
+            tools_note=root_tools_note(self._shared.tools) if sub_calls else "",
         )
-        task = prompts.task_message(
-            question, [(n, c.description) for n, c in zip(names, contexts, strict=True)]
-        )
-        messages: list[Message] = [{"role": "system", "content": system}]
-        demo = ext.demonstration(opts.prompt_profile) if ext is not None else None
+        demo = ext.demonstration(profile.name) if ext is not None else None
         if demo is None:
-            demo = prompts.demonstration(
-                opts.prompt_profile, question=question, sub_calls=self._shared.budget.depth > 0
-            )
-        if demo:
-            messages += demo[:-1]
-            task = f"{demo[-1]['content']}\n\n{task}"
-        messages.append({"role": "user", "content": task})
+            demo = prompts.demonstration(profile.name, question=question, sub_calls=sub_calls)
+        inputs = [(n, c.description) for n, c in zip(names, contexts, strict=True)]
+        messages = profile.first_messages(question, inputs, system=system, demonstration=demo)
         return _Loop(messages=messages, prefix_len=len(messages))
 
     def _budget_stop(self, loop: _Loop) -> str | None:
@@ -269,16 +263,14 @@ class Engine:
         blocks = extract_code(reply)
         if not blocks:
             self._guard(loop, "no code in the reply")
-            self._tell(loop, prompts.NO_CODE)
+            self._tell(loop, self._profile.no_code())
             return
-        repeated = self._repeated_turn(loop, blocks)
+        repeated = self._repeated_turn(loop, blocks) if self._profile.repeated_code_guard else None
         if (
             repeated is not None
         ):  # small models loop on one cell; running it again shows nothing new
             self._guard(loop, f"code repeated from turn {repeated}")
-            self._tell(
-                loop, prompts.REPEATED_CODE.format(turn=repeated) + self._turns_left_note(loop)
-            )
+            self._tell(loop, self._profile.repeated_code(repeated, self._turns_left(loop)))
             return
         cells = []
         for index, code in enumerate(blocks):
@@ -295,8 +287,8 @@ class Engine:
         if loop.answer.ready:
             loop.stop_reason = "ready"
             return
-        feedback = describe_cells(cells, cell_seconds=self._shared.budget.cell_seconds)
-        self._tell(loop, feedback + self._turns_left_note(loop))
+        seconds, left = self._shared.budget.cell_seconds, self._turns_left(loop)
+        self._tell(loop, self._profile.feedback(cells, cell_seconds=seconds, turns_left=left))
 
     def _repeated_turn(self, loop: _Loop, blocks: list[str]) -> int | None:
         """The turn that already ran every block of this reply, if one did; records the blocks."""
@@ -384,11 +376,7 @@ class Engine:
         cell.answer = loop.answer
         cell.answer_changed = True
         self._guard(loop, "ready refused: no output seen yet")
-        cell.stderr += (
-            '\n[ctxfold] answer["ready"] was set before you had seen any printed output, so it was '
-            "reset to False. Check the output above; if it supports the answer, set "
-            'answer["ready"] = True again.'
-        )
+        cell.stderr += self._profile.ready_refused()
 
     def _too_many_errors(self, loop: _Loop, cell: Any) -> bool:
         loop.consecutive_errors = loop.consecutive_errors + 1 if cell.error else 0
@@ -411,7 +399,7 @@ class Engine:
             return ""
         if self._depth > 0 and reason in _SHARED_LIMITS:  # a child spends the run's budget
             return ""
-        ask: Message = {"role": "user", "content": prompts.FINAL_REQUEST.format(reason=reason)}
+        ask: Message = {"role": "user", "content": self._profile.final_request(reason)}
         messages = [*loop.messages]
         if messages[-1]["role"] == "user":
             messages[-1] = {
@@ -454,8 +442,8 @@ class Engine:
         i = loop.prefix_len
         while size > limit and i < len(msgs) - keep_tail:
             if msgs[i]["role"] == "user" and not msgs[i]["content"].startswith("[elided"):
-                elided: Message = {"role": "user", "content": _ELIDED}
-                size += len(_ELIDED) - len(msgs[i]["content"])
+                elided: Message = {"role": "user", "content": prompts.ELIDED}
+                size += len(prompts.ELIDED) - len(msgs[i]["content"])
                 msgs[i] = elided
             i += 1
         while size > limit and len(msgs) - loop.prefix_len > keep_tail:
@@ -463,9 +451,8 @@ class Engine:
             del msgs[loop.prefix_len : loop.prefix_len + 2]
         return size
 
-    def _turns_left_note(self, loop: _Loop) -> str:
-        left = self._shared.budget.iterations - loop.turn
-        return f"\n\n[{left} turns left]" if left <= 3 else ""
+    def _turns_left(self, loop: _Loop) -> int:
+        return self._shared.budget.iterations - loop.turn
 
     def _guard(self, loop: _Loop, reason: str) -> None:
         self._shared.emit(Guard(t=self._now(), depth=self._depth, turn=loop.turn, reason=reason))

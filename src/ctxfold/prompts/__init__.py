@@ -10,8 +10,17 @@ from importlib import resources
 from string import Template
 
 from ctxfold.models import Message
-
-PROFILES = ("concise", "small")
+from ctxfold.prompts._feedback import describe_cells
+from ctxfold.prompts._profile import (
+    ELIDED,
+    FINAL_REQUEST,
+    NO_CODE,
+    PROFILES,
+    REPEATED_CODE,
+    Profile,
+    profile,
+    profile_for,
+)
 
 
 @cache
@@ -100,18 +109,20 @@ def task_message(question: str, descriptions: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
-NO_CODE = (
-    "Your reply had no ```python code block, so nothing ran. Reply with Python code in a "
-    '```python block. To finish, set answer["content"] and then answer["ready"] = True in code.'
-)
-
-REPEATED_CODE = (
-    "This is the same code you ran at turn {turn}; it would print the same output again, so it "
-    "was not run. Write different code: search for another or a shorter word of the question, "
-    "or look at another part of the data."
-)
-
-FINAL_REQUEST = (
-    "The run's budget is spent ({reason}). Reply now with your best final answer to the question "
-    "as plain text, without code."
-)
+__all__ = [
+    "ELIDED",
+    "FINAL_REQUEST",
+    "NO_CODE",
+    "PROFILES",
+    "REPEATED_CODE",
+    "Demonstration",
+    "Profile",
+    "demonstration",
+    "demonstrations",
+    "describe_cells",
+    "pick_demonstration",
+    "profile",
+    "profile_for",
+    "system_prompt",
+    "task_message",
+]
