@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_RESPONSE_BYTES",
+    "OVER_LIMIT",
     "ResponseTooLarge",
     "bounded_transport",
     "decode_body",
@@ -29,7 +30,7 @@ __all__ = [
 
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 _DROPPED = ("content-encoding", "content-length", "transfer-encoding")
-_OVER = f"the server's reply is over {MAX_RESPONSE_BYTES:,} bytes"
+OVER_LIMIT = f"the server's reply is over {MAX_RESPONSE_BYTES:,} bytes"
 
 
 class ResponseTooLarge(ValueError):
@@ -175,7 +176,7 @@ class _AsyncBounded:
             async for chunk in response.stream:
                 total += len(chunk)
                 if total > MAX_RESPONSE_BYTES:
-                    raise ResponseTooLarge(_OVER)
+                    raise ResponseTooLarge(OVER_LIMIT)
                 parts.append(chunk)
         except BaseException:
             await response.aclose()
@@ -218,7 +219,7 @@ class _CountedStream:
         for chunk in self._inner:
             total += len(chunk)
             if total > MAX_RESPONSE_BYTES:
-                raise ResponseTooLarge(_OVER)
+                raise ResponseTooLarge(OVER_LIMIT)
             yield chunk
 
     def close(self) -> None:
@@ -236,7 +237,7 @@ class _AsyncCountedStream:
         async for chunk in self._inner:
             total += len(chunk)
             if total > MAX_RESPONSE_BYTES:
-                raise ResponseTooLarge(_OVER)
+                raise ResponseTooLarge(OVER_LIMIT)
             yield chunk
 
     async def aclose(self) -> None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ctxfold.models._bounded import (
     MAX_RESPONSE_BYTES,
+    OVER_LIMIT,
     ResponseTooLarge,
     check_length,
     decode_body,
@@ -211,7 +212,7 @@ def _read_response(reader: Any) -> tuple[int, list[Header], bytes, bool]:
     else:  # the body runs to the end of the connection
         body = reader.read(MAX_RESPONSE_BYTES + 1)
         if len(body) > MAX_RESPONSE_BYTES:
-            raise ResponseTooLarge(f"the server's reply is over {MAX_RESPONSE_BYTES:,} bytes")
+            raise ResponseTooLarge(OVER_LIMIT)
         keep = False
     return status, headers, decode_body(body, fields.get("content-encoding", "")), keep
 
@@ -245,7 +246,7 @@ def _read_chunked(reader: Any) -> bytes:
             return b"".join(parts)
         total += size
         if total > MAX_RESPONSE_BYTES:
-            raise ResponseTooLarge(f"the server's reply is over {MAX_RESPONSE_BYTES:,} bytes")
+            raise ResponseTooLarge(OVER_LIMIT)
         chunk = reader.read(size + 2)
         if len(chunk) < size + 2:
             raise ConnectionError("the server closed the connection in a chunked body")
