@@ -265,6 +265,9 @@ class _NoSandbox:
     def execute(self, *args: Any, **kwargs: Any) -> Any:
         raise _Ran
 
+    def setup(self, *args: Any, **kwargs: Any) -> Any:
+        raise _Ran
+
     def close(self) -> None:
         pass
 

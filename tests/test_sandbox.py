@@ -150,8 +150,8 @@ def test_exception_shows_the_cell_line(sb: ProcessSandbox) -> None:
 
 
 def test_set_up_cells_are_not_numbered(sb: ProcessSandbox) -> None:
-    _ok(sb.execute("a = 1", setup=True))
-    failed = sb.execute("b = undefined", setup=True)
+    _ok(sb.setup("a = 1"))
+    failed = sb.setup("b = undefined")
     assert failed.error is not None and "NameError" in failed.error
     assert "<cell" not in failed.error
     result = sb.execute("print(a)\nb = a / 0")

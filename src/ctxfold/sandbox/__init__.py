@@ -15,6 +15,7 @@ from ctxfold.sandbox._base import (
 )
 from ctxfold.sandbox._cleanup import remove_soon
 from ctxfold.sandbox._isolation import IsolationWarning
+from ctxfold.sandbox._repl import WorkerSandbox
 from ctxfold.sandbox._setup import SetupSandbox
 from ctxfold.sandbox._spare import SparePool, WarmHold, keep_warm, settle_spares, stop_spares
 from ctxfold.sandbox._tempdirs import host_temp_dir
@@ -35,6 +36,7 @@ __all__ = [
     "SubcallItem",
     "SubcallRequest",
     "WarmHold",
+    "WorkerSandbox",
     "host_temp_dir",
     "keep_warm",
     "make_sandbox",
@@ -43,13 +45,18 @@ __all__ = [
     "stop_spares",
 ]
 
+
+_METHODS = ("start", "setup", "execute", "close")
+
+
 def make_sandbox(spec: str | Sandbox) -> Sandbox:
     """The sandbox for ``spec``.
 
     A name is a backend found as a plugin (entry point group ``ctxfold.sandboxes``, see
     :mod:`ctxfold.plugins`): the built-in ``"process"`` gives a :class:`ProcessSandbox` (best
     isolation available), ``"docker"`` a :class:`DockerSandbox` (:class:`SandboxError` when no
-    Docker engine answers). An object with ``start``/``execute``/``close`` is returned as it is.
+    Docker engine answers). An object with ``start``/``setup``/``execute``/``close`` is returned
+    as it is.
     Anything else raises :class:`SandboxError`, naming the installed backends.
     """
     if isinstance(spec, str):
@@ -61,9 +68,9 @@ def make_sandbox(spec: str | Sandbox) -> Sandbox:
             raise SandboxError(str(exc)) from None
         sandbox: Sandbox = factory()
         return sandbox
-    if all(callable(getattr(spec, method, None)) for method in ("start", "execute", "close")):
+    if all(callable(getattr(spec, method, None)) for method in _METHODS):
         return spec
     raise SandboxError(
         f"sandbox must be a name ({', '.join(plugin_names(SANDBOX_GROUP))}) or an object with "
-        f"start/execute/close, got {type(spec).__name__}"
+        f"{'/'.join(_METHODS)}, got {type(spec).__name__}"
     )

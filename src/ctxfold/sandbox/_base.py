@@ -85,8 +85,10 @@ class CellResult:
 class Sandbox(Protocol):
     """A persistent Python REPL in which model-written code runs.
 
-    Lifecycle: ``start`` once, ``execute`` any number of times, ``close`` always (idempotent; no
-    process may be left running). Variables persist across ``execute`` calls.
+    Lifecycle: ``start`` once, ``setup`` and ``execute`` any number of times, ``close`` always
+    (idempotent; no process may be left running). Variables persist across cells.
+    :class:`ctxfold.sandbox.WorkerSandbox` implements all of it for a backend that starts a
+    worker process speaking ctxfold's channel.
     """
 
     isolation: str  # a short label recorded in the trace, e.g. "process", "process+netns"
@@ -99,6 +101,13 @@ class Sandbox(Protocol):
         output_limit: int = 8000,
     ) -> None: ...
 
-    def execute(self, code: str, *, timeout: float | None = None) -> CellResult: ...
+    def execute(self, code: str, *, timeout: float | None = None) -> CellResult:
+        """Run one cell of the model's; ``timeout`` in seconds."""
+        ...
+
+    def setup(self, code: str, *, timeout: float | None = None) -> CellResult:
+        """Run ctxfold's own set-up code (``question = ...``, an extension's functions). It is
+        not one of the model's cells: a sandbox that numbers cells does not count it."""
+        ...
 
     def close(self) -> None: ...

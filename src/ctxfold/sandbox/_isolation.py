@@ -59,6 +59,7 @@ _ETC_FILES = (
 )
 _UID_BASE, _UID_SPAN = 900_000_000, 100_000_000
 _NOBODY = 65534
+_MIN_ADDRESS_SPACE_MB = 64
 _PR_SET_DUMPABLE = 4
 
 
@@ -80,6 +81,41 @@ class Limits:
     open_files: int = 1024
     scratch_mb: int = 1024
     tmp_mb: int = 256  # /tmp, and /dev/shm as much again
+
+    @classmethod
+    def checked(
+        cls,
+        *,
+        memory_mb: int,
+        cpu_seconds: int,
+        max_processes: int,
+        max_file_mb: int,
+        scratch_mb: int | None = None,
+        tmp_mb: int | None = None,
+    ) -> Limits:
+        """Limits from a sandbox's options, each a whole number >= 1 (else :class:`SandboxError`).
+        ``scratch_mb`` defaults to ``memory_mb // 8`` (at most 1024), ``tmp_mb`` to
+        ``memory_mb // 16`` (at most 256); what they take out of ``memory_mb`` must leave the
+        worker at least 64 MiB."""
+        scratch_mb = min(1024, memory_mb // 8) if scratch_mb is None else scratch_mb
+        tmp_mb = min(256, memory_mb // 16) if tmp_mb is None else tmp_mb
+        options = {
+            "memory_mb": memory_mb,
+            "cpu_seconds": cpu_seconds,
+            "max_processes": max_processes,
+            "max_file_mb": max_file_mb,
+            "scratch_mb": scratch_mb,
+            "tmp_mb": tmp_mb,
+        }
+        for name, value in options.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SandboxError(f"{name} must be a whole number >= 1, got {value!r}")
+        if memory_mb - scratch_mb - 2 * tmp_mb < _MIN_ADDRESS_SPACE_MB:
+            raise SandboxError(
+                f"memory_mb={memory_mb} leaves under {_MIN_ADDRESS_SPACE_MB} MiB for the worker "
+                f"once scratch_mb={scratch_mb} and twice tmp_mb={tmp_mb} are taken out"
+            )
+        return cls(**options)
 
     @property
     def ram_folders_mb(self) -> int:

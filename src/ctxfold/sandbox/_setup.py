@@ -2,7 +2,7 @@
 
 :class:`SetupSandbox` wraps a sandbox. Its set-up cells (``question = ...``, the code tools'
 functions) run in order when it starts and again whenever a fresh worker replaces a dead one (a
-cell whose result says ``restarted``). They are not traced, and in a :class:`ProcessSandbox` not
+cell whose result says ``restarted``), through :meth:`Sandbox.setup`: they are not traced, and not
 numbered, so the model's first cell is ``<cell 1>`` in its tracebacks.
 """
 
@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from ctxfold.errors import CtxfoldError
 from ctxfold.sandbox._base import CellResult, ContextSpec, Sandbox, SubcallHandler
-from ctxfold.sandbox.process import ProcessSandbox
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +56,9 @@ class SetupSandbox:
                 cell.stderr += f"\n[ctxfold] {failed.what} could not be defined again: {error}"
         return cell
 
+    def setup(self, code: str, *, timeout: float | None = None) -> CellResult:
+        return self._inner.setup(code, timeout=timeout)
+
     def close(self) -> None:
         self._inner.close()
 
@@ -64,10 +66,7 @@ class SetupSandbox:
         """Run the set-up cells in order; those that failed, with their errors."""
         failed = []
         for cell in self._cells:
-            if isinstance(self._inner, ProcessSandbox):
-                result = self._inner.execute(cell.code, timeout=cell.timeout, setup=True)
-            else:  # another sandbox numbers set-up cells like the model's
-                result = self._inner.execute(cell.code, timeout=cell.timeout)
+            result = self._inner.setup(cell.code, timeout=cell.timeout)
             if result.error:
                 failed.append((cell, result.error))
         return failed

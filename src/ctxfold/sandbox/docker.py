@@ -14,16 +14,15 @@ import functools
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 from ctxfold.errors import SandboxError
 from ctxfold.sandbox._base import ContextSpec
-from ctxfold.sandbox._host import WORKER_PATH, WorkerProcess, spawn
+from ctxfold.sandbox._host import WORKER_PATH, WorkerProcess
 from ctxfold.sandbox._isolation import Limits
-from ctxfold.sandbox.process import ProcessSandbox
+from ctxfold.sandbox._launch import start_worker
+from ctxfold.sandbox._repl import WorkerSandbox
 
 _INSIDE = "/ctxfold"
 _SCRATCH = f"{_INSIDE}/scratch"
@@ -38,7 +37,7 @@ def _input(index: int) -> str:
     return f"{_INSIDE}/input/{index}"
 
 
-class DockerSandbox(ProcessSandbox):
+class DockerSandbox(WorkerSandbox):
     """A persistent Python REPL in a Docker container (see :class:`ctxfold.sandbox.Sandbox`).
 
     Args:
@@ -69,15 +68,13 @@ class DockerSandbox(ProcessSandbox):
         max_processes: int = 256,
         max_file_mb: int = 1024,
     ) -> None:
-        super().__init__(
-            env=env,
-            startup_timeout=startup_timeout,
-            isolate=False,
+        self._limits = Limits.checked(
             memory_mb=memory_mb,
             cpu_seconds=cpu_seconds,
             max_processes=max_processes,
             max_file_mb=max_file_mb,
         )
+        super().__init__(env=env, startup_timeout=startup_timeout)
         self.isolation = "docker"
         self._image = image
         self._inner_python = python
@@ -88,12 +85,6 @@ class DockerSandbox(ProcessSandbox):
             ContextSpec(name=c["name"], kind=c["kind"], path=_input(i), files=c["files"])
             for i, c in enumerate(self._contexts)
         ]
-
-    def _worker_ready(self, message: dict[str, Any]) -> None:
-        return None  # the container runs as the host's uid; nothing to hand over
-
-    def _kill_strays(self) -> None:
-        return None  # the container goes with its processes
 
     def _open_worker(self) -> WorkerProcess:
         assert self._scratch is not None
@@ -164,45 +155,17 @@ def stdio_worker(
 ) -> WorkerProcess:
     """Start ``argv`` (a worker in ``stdio`` mode, or a command that runs one) with the channel
     on its stdin and stdout and its stderr drained as the output."""
-    to_worker_r, to_worker_w = os.pipe()
-    from_worker_r, from_worker_w = os.pipe()
-    out_r, out_w = os.pipe()
-    try:
-        proc = spawn(
-            lambda: subprocess.Popen(
-                argv,
-                stdin=to_worker_r,
-                stdout=from_worker_w,
-                stderr=out_w,
-                env=dict(env),
-                cwd=cwd,
-                close_fds=True,
-                start_new_session=True,
-            )
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        for fd in (to_worker_w, from_worker_r, out_r):
-            os.close(fd)
-        raise SandboxError(f"could not start the sandbox worker ({argv[0]}): {exc}") from exc
-    finally:
-        for fd in (to_worker_r, from_worker_w, out_w):
-            os.close(fd)
-    try:
-        return WorkerProcess(
-            proc,
-            from_worker_r,
-            to_worker_w,
-            out_r,
-            output_limit,
-            signals_reach_worker=False,
-            shifted_exit_codes=True,
-            kill=kill,
-        )
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise
+    return start_worker(
+        lambda _in, _out: argv,
+        env=env,
+        output_limit=output_limit,
+        cwd=cwd,
+        stdio=True,
+        signals_reach_worker=False,
+        shifted_exit_codes=True,
+        kill=kill,
+        shown_as=argv[0],
+    )
 
 
 def _docker_kill(docker: str, name: str) -> None:

@@ -1,63 +1,36 @@
 """The "process" sandbox: model code runs in a separate worker process (``_worker.py``).
 
-The host side: it starts the worker (confined as far as this machine allows, see
-``_isolation.py``) with a scrubbed environment in a scratch directory, speaks the framed JSON
-channel with it, answers its sub-calls through the engine's handler, enforces the cell time limit
-(time spent waiting on sub-calls is not counted), and restarts the worker when it dies.
-Everything the worker sends is treated as untrusted.
+This module starts the worker, confined as far as this machine allows (``_isolation.py``), with
+a scrubbed environment in a scratch directory, and adopts a spare worker started beforehand
+(``_spare.py``) when one is ready. Running cells, answering sub-calls and replacing a dead worker
+are :class:`~ctxfold.sandbox.WorkerSandbox`'s (``_repl.py``, ``_dispatch.py``). Everything the
+worker sends is treated as untrusted.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import functools
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import weakref
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from typing import Any
 
-from ctxfold.closing import Closing
 from ctxfold.errors import SandboxError
-from ctxfold.sandbox._base import (
-    AnswerState,
-    CellResult,
-    ContextSpec,
-    SubcallHandler,
-)
 from ctxfold.sandbox._cleanup import remove_soon
-from ctxfold.sandbox._host import (
-    WORKER_PATH,
-    CallGate,
-    CellClock,
-    ChannelError,
-    WorkerProcess,
-    compiled_worker,
-    spawn,
-)
+from ctxfold.sandbox._host import WORKER_PATH, ChannelError, WorkerProcess, compiled_worker
 from ctxfold.sandbox._isolation import BWRAP, NONE, WORKER_INSIDE, Limits, Plan, kill_uid, plan_for
-from ctxfold.sandbox._messages import cell_result, serve_call
+from ctxfold.sandbox._launch import start_worker
+from ctxfold.sandbox._repl import WorkerSandbox
 from ctxfold.sandbox._seccomp import filter_fd, syscall_filter
 from ctxfold.sandbox._spare import POOL, SparePool, stage_inputs
 from ctxfold.sandbox._tempdirs import host_temp_dir
 
-_INTERRUPT_GRACE_S = 2.0
-_MIN_ADDRESS_SPACE_MB = 64
-_RESIGNAL_S = 0.5
-_LOST = "A fresh worker was started: every variable was lost (the input was reloaded)."
-_PASSED_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-_LIVE: weakref.WeakSet[ProcessSandbox] = weakref.WeakSet()
 
-
-class ProcessSandbox(Closing):
+class ProcessSandbox(WorkerSandbox):
     """A persistent Python REPL in a separate worker process (see :class:`ctxfold.sandbox.Sandbox`).
 
     Args:
@@ -93,8 +66,6 @@ class ProcessSandbox(Closing):
       ``_isolation.py``, its writable folders RAM-backed and bounded) and the limits. On a root
       host the worker runs as a uid of its own without capabilities.
 
-    At every level but ``"none"`` a seccomp filter refuses new user namespaces and a few risky
-    kernel interfaces (see ``_seccomp.py``).
     - ``"unshare-net+rlimits"`` (no bubblewrap): no network, the limits. The worker sees the
       host's filesystem and processes. On a root host it runs as a uid of its own (if its
       interpreter is readable by an unprivileged user; else it stays root, with a warning), so
@@ -106,10 +77,14 @@ class ProcessSandbox(Closing):
     - ``"rlimits"``: as above, with the host's network reachable.
     - ``"none"`` (``isolate=False``): no limits and no uid change.
 
+    At every level but ``"none"`` a seccomp filter refuses new user namespaces and a few risky
+    kernel interfaces (see ``_seccomp.py``).
+
     A :class:`ctxfold.sandbox.IsolationWarning` is issued once per process when the best level
     is below bubblewrap.
 
-    Not thread-safe: one ``execute`` at a time. Sub-calls are answered on a small thread pool.
+    The life cycle (cells, restarts, close) is :class:`~ctxfold.sandbox.WorkerSandbox`'s; this
+    class starts the worker and adopts spares. Not thread-safe: one ``execute`` at a time.
     """
 
     isolation: str
@@ -129,29 +104,7 @@ class ProcessSandbox(Closing):
         tmp_mb: int | None = None,
         spare: bool | SparePool = True,
     ) -> None:
-        scratch_mb = min(1024, memory_mb // 8) if scratch_mb is None else scratch_mb
-        tmp_mb = min(256, memory_mb // 16) if tmp_mb is None else tmp_mb
-        for name, value in (
-            ("memory_mb", memory_mb),
-            ("cpu_seconds", cpu_seconds),
-            ("max_processes", max_processes),
-            ("max_file_mb", max_file_mb),
-            ("scratch_mb", scratch_mb),
-            ("tmp_mb", tmp_mb),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise SandboxError(f"{name} must be a whole number >= 1, got {value!r}")
-        if memory_mb - scratch_mb - 2 * tmp_mb < _MIN_ADDRESS_SPACE_MB:
-            raise SandboxError(
-                f"memory_mb={memory_mb} leaves under {_MIN_ADDRESS_SPACE_MB} MiB for the worker "
-                f"once scratch_mb={scratch_mb} and twice tmp_mb={tmp_mb} are taken out"
-            )
-        self._python = python or sys.executable
-        self._extra_env = dict(env or {})
-        self._startup_timeout = startup_timeout
-        self._plan: Plan = plan_for(isolate)
-        self.isolation = self._plan.level
-        self._limits = Limits(
+        self._limits = Limits.checked(
             memory_mb=memory_mb,
             cpu_seconds=cpu_seconds,
             max_processes=max_processes,
@@ -159,6 +112,10 @@ class ProcessSandbox(Closing):
             scratch_mb=scratch_mb,
             tmp_mb=tmp_mb,
         )
+        super().__init__(env=env, startup_timeout=startup_timeout)
+        self._python = python or sys.executable
+        self._plan: Plan = plan_for(isolate)
+        self.isolation = self._plan.level
         # what a spare for this sandbox's successor is made with (see _spare.py)
         self._options: dict[str, Any] = {
             "spare": False,
@@ -170,25 +127,12 @@ class ProcessSandbox(Closing):
             "cpu_seconds": cpu_seconds,
             "max_processes": max_processes,
             "max_file_mb": max_file_mb,
-            "scratch_mb": scratch_mb,
-            "tmp_mb": tmp_mb,
+            "scratch_mb": self._limits.scratch_mb,
+            "tmp_mb": self._limits.tmp_mb,
         }
         self._spare = spare
         self._staging: str | None = None  # a spare's inputs directory (bound read-only)
         self._worker_uid: int | None = None
-        self._state = "new"
-        self._contexts: list[ContextSpec] = []
-        self._handler: SubcallHandler | None = None
-        self._output_limit = 8000
-        self._scratch: str | None = None
-        self._worker: WorkerProcess | None = None
-        self._pool: ThreadPoolExecutor | None = None
-        self._wake: tuple[int, int] | None = None
-        self._wake_lock = threading.Lock()
-        self._exec_lock = threading.Lock()
-        self._answer = AnswerState()
-        self._cells = 0
-        self._calls = CallGate()
 
     @property
     def scratch_dir(self) -> str | None:
@@ -202,49 +146,94 @@ class ProcessSandbox(Closing):
                 return f"/proc/{inner}/root{scratch}"
         return scratch
 
-    @property
-    def worker_pid(self) -> int | None:
-        """The pid of the process the host started for the running worker (the worker itself,
-        or bubblewrap around it; killing it ends the worker), if any."""
-        return self._worker.pid if self._worker else None
+    # ---- starting a worker ----
 
-    # ---- lifecycle ----
+    def _first_worker(self) -> WorkerProcess:
+        return self._adopt_spare() or super()._first_worker()
 
-    def start(
-        self,
-        contexts: Sequence[ContextSpec],
-        handler: SubcallHandler,
-        *,
-        output_limit: int = 8000,
-    ) -> None:
-        """Start the worker and load ``contexts`` into it; raises :class:`SandboxError`."""
-        if self._state != "new":
-            raise SandboxError(f"this sandbox is {self._state}; make a new one")
-        self._state = "started"
-        self._contexts = [
-            ContextSpec(
-                name=c["name"], kind=c["kind"], path=c["path"], files=list(c.get("files", []))
+    def _fresh_worker(self) -> WorkerProcess:
+        if self._worker_uid is not None and os.geteuid() == 0 and self._scratch is not None:
+            os.chown(self._scratch, 0, 0)  # a worker starts as root (without capabilities)
+        return super()._fresh_worker()
+
+    def _open_worker(self) -> WorkerProcess:
+        """Start one worker process (not yet given its inputs), under this sandbox's plan."""
+        assert self._scratch is not None
+        python = shutil.which(self._python)
+        if python is None:
+            raise SandboxError(f"could not start the sandbox worker ({self._python}): not found")
+        plan, scratch = self._plan, self._scratch
+        inputs = [c["path"] for c in self._contexts]
+        if self._staging is not None:
+            inputs.append(self._staging)
+        program = WORKER_PATH
+        if os.path.realpath(python) == os.path.realpath(sys.executable):  # bytecode fits it
+            shown_as = WORKER_INSIDE if plan.level == BWRAP else str(WORKER_PATH)
+            program = compiled_worker(shown_as) or WORKER_PATH
+        bwrapped = plan.level == BWRAP
+        seccomp = syscall_filter() if plan.level != NONE else None
+        seccomp_fd = filter_fd(seccomp) if seccomp and bwrapped else None
+
+        def command(channel_in: int, channel_out: int) -> list[str]:
+            args = [str(channel_in), str(channel_out)]
+            if plan.level != NONE:
+                args.append(
+                    self._limits.to_worker(
+                        plan.worker_uid(python),
+                        ram_folders=bwrapped and plan.sized,
+                        seccomp=None if bwrapped else seccomp,  # bubblewrap loads it itself
+                    )
+                )
+            return plan.command(
+                python,
+                program,
+                args,
+                scratch=scratch,
+                inputs=inputs,
+                limits=self._limits,
+                seccomp_fd=seccomp_fd,
             )
-            for c in contexts
-        ]
-        self._handler = handler
-        self._output_limit = max(int(output_limit), 200)
-        _LIVE.add(self)
+
         try:
-            self._wake = os.pipe()
-            for fd in self._wake:
-                os.set_blocking(fd, False)
-            self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="ctxfold-subcall")
-            worker = self._adopt_spare()
-            if worker is None:
-                self._scratch = tempfile.mkdtemp(prefix="ctxfold-sbx-", dir=host_temp_dir())
-                worker = self._launch()
-            self._worker = worker
-        except BaseException:
-            self.close()
-            raise
+            return start_worker(
+                command,
+                env=self._worker_env(),
+                cwd=scratch,
+                output_limit=self._output_limit,
+                extra_fds=(seccomp_fd,) if seccomp_fd is not None else (),
+                signals_reach_worker=plan.signals_reach_worker,
+                shifted_exit_codes=plan.shifted_exit_codes,
+                kill=self._kill_strays,
+                shown_as=self._python,
+            )
+        finally:
+            if seccomp_fd is not None:
+                os.close(seccomp_fd)
+
+    def _worker_ready(self, message: dict[str, Any]) -> None:
+        """The worker is ready; it runs as ``message["uid"]`` when it left root."""
+        uid = message.get("uid")
+        self._worker_uid = uid if isinstance(uid, int) and not isinstance(uid, bool) else None
+        if self._worker_uid is not None and os.geteuid() == 0 and self._scratch is not None:
+            os.chown(self._scratch, self._worker_uid, self._worker_uid)
+
+    def _kill_strays(self) -> None:
+        """Fallback levels on a root host: kill every process left with the sandbox's own uid
+        (no pid namespace ends them; processes that left the worker's group would live on)."""
+        uid = self._plan.uid
+        if uid is not None and uid == self._worker_uid and self._plan.level not in (BWRAP, NONE):
+            kill_uid(uid)
+
+    def _folders(self) -> list[str]:
+        return [*super()._folders(), *([self._staging] if self._staging is not None else [])]
 
     # ---- spares (see _spare.py) ----
+
+    def _closing(self, was: str) -> None:
+        key = self._spare_key() if was == "started" else None
+        if key is not None:  # a worker for the next sandbox like this one, while the pool is held
+            make = functools.partial(self._prestarted, self._options, self._output_limit)
+            self._spares().offer(key, make)
 
     def _spare_key(self) -> tuple[Any, ...] | None:
         """This sandbox's configuration, when it may use spares (subclasses start their workers
@@ -294,7 +283,7 @@ class ProcessSandbox(Closing):
         spare = cls(**options)
         spare._state = "spare"
         spare._output_limit = output_limit
-        _LIVE.add(spare)
+        spare._track()
         try:
             spare._scratch = tempfile.mkdtemp(prefix="ctxfold-sbx-", dir=host_temp_dir())
             if spare._plan.level == BWRAP:  # its view is made now: the inputs go in here later
@@ -328,407 +317,3 @@ class ProcessSandbox(Closing):
             if eof or worker.exited():
                 break
         raise SandboxError("the spare worker did not start")
-
-    def close(self) -> None:
-        """Stop the worker (and every process it started), remove the scratch dir. Idempotent."""
-        if self._state == "closed":
-            return
-        was = self._state
-        self._state = "closed"
-        _LIVE.discard(self)
-        key = self._spare_key() if was == "started" else None
-        if key is not None:  # a worker for the next sandbox like this one, while the pool is held
-            make = functools.partial(self._prestarted, self._options, self._output_limit)
-            self._spares().offer(key, make)
-        if not self._exec_lock.acquire(blocking=False):
-            # A cell runs in another thread: kill the worker; that thread sees it die, finishes
-            # the clean-up and raises SandboxError (closing fds under its feet would be unsafe).
-            worker = self._worker
-            if worker is not None:
-                worker.terminate()
-            return
-        try:
-            self._release_all()
-        finally:
-            self._exec_lock.release()
-
-    def _release_all(self) -> None:
-        worker, self._worker = self._worker, None
-        if worker is not None:  # a spare too: asked to exit, it is gone with its namespaces
-            worker.stop()
-        pool, self._pool = self._pool, None
-        if pool is not None:  # handler calls still running finish on their own; replies are dropped
-            pool.shutdown(wait=False, cancel_futures=True)
-        with self._wake_lock:
-            wake, self._wake = self._wake, None
-            for fd in wake or ():
-                os.close(fd)
-        for path in (self._scratch, self._staging):
-            if path is not None:
-                remove_soon(path)  # gone now, deleted in the background (see _cleanup.py)
-
-    def _spawn(
-        self,
-        argv: list[str],
-        *,
-        env: dict[str, str],
-        cwd: str,
-        pass_fds: tuple[int, ...],
-        output_fd: int,
-    ) -> subprocess.Popen[bytes]:
-        """Start the worker process (``argv`` already holds the isolation wrapper)."""
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=output_fd,
-            stderr=output_fd,
-            env=env,
-            cwd=cwd,
-            pass_fds=pass_fds,
-            close_fds=True,
-            start_new_session=True,
-        )
-
-    def _worker_env(self) -> dict[str, str]:
-        assert self._scratch is not None
-        env = {
-            "PATH": "/usr/bin:/bin",
-            "HOME": self._scratch,
-            "LANG": "C.UTF-8",
-            "LC_ALL": "C.UTF-8",
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "OPENBLAS_NUM_THREADS": "1",
-            "OMP_NUM_THREADS": "1",
-        }
-        env.update({key: os.environ[key] for key in _PASSED_ENV if key in os.environ})
-        env.update(self._extra_env)
-        return env
-
-    def _open_worker(self) -> WorkerProcess:
-        """Start one worker process (not yet given its inputs). The seam other backends replace."""
-        assert self._scratch is not None
-        python = shutil.which(self._python)
-        if python is None:
-            raise SandboxError(f"could not start the sandbox worker ({self._python}): not found")
-        to_worker_r, to_worker_w = os.pipe()
-        from_worker_r, from_worker_w = os.pipe()
-        out_r, out_w = os.pipe()
-        plan = self._plan
-        args = [str(to_worker_r), str(from_worker_w)]
-        inputs = [c["path"] for c in self._contexts]
-        if self._staging is not None:
-            inputs.append(self._staging)
-        program = WORKER_PATH
-        if os.path.realpath(python) == os.path.realpath(sys.executable):  # bytecode fits it
-            shown_as = WORKER_INSIDE if plan.level == BWRAP else str(WORKER_PATH)
-            program = compiled_worker(shown_as) or WORKER_PATH
-        bwrapped = plan.level == BWRAP
-        seccomp = syscall_filter() if plan.level != NONE else None
-        seccomp_fd = filter_fd(seccomp) if seccomp and bwrapped else None
-        passed = (to_worker_r, from_worker_w) + ((seccomp_fd,) if seccomp_fd is not None else ())
-        try:
-            if plan.level != NONE:
-                args.append(
-                    self._limits.to_worker(
-                        plan.worker_uid(python),
-                        ram_folders=bwrapped and plan.sized,
-                        seccomp=None if bwrapped else seccomp,  # bubblewrap loads it itself
-                    )
-                )
-            argv = plan.command(
-                python,
-                program,
-                args,
-                scratch=self._scratch,
-                inputs=inputs,
-                limits=self._limits,
-                seccomp_fd=seccomp_fd,
-            )
-            env, cwd = self._worker_env(), self._scratch
-            proc = spawn(
-                lambda: self._spawn(argv, env=env, cwd=cwd, pass_fds=passed, output_fd=out_w)
-            )
-        except (OSError, subprocess.SubprocessError, SandboxError) as exc:
-            for fd in (to_worker_w, from_worker_r, out_r):
-                os.close(fd)
-            if isinstance(exc, SandboxError):
-                raise
-            raise SandboxError(
-                f"could not start the sandbox worker ({self._python}): {exc}"
-            ) from exc
-        finally:
-            for fd in (to_worker_r, from_worker_w, out_w):
-                os.close(fd)
-            if seccomp_fd is not None:
-                os.close(seccomp_fd)
-        try:
-            return WorkerProcess(
-                proc,
-                from_worker_r,
-                to_worker_w,
-                out_r,
-                self._output_limit,
-                signals_reach_worker=plan.signals_reach_worker,
-                shifted_exit_codes=plan.shifted_exit_codes,
-                kill=self._kill_strays,
-            )
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise
-
-    def _init_contexts(self) -> list[ContextSpec]:
-        """The inputs as the worker sees them (another backend may show them at other paths)."""
-        return self._contexts
-
-    def _worker_ready(self, message: dict[str, Any]) -> None:
-        """The worker is ready; it runs as ``message["uid"]`` when it left root."""
-        uid = message.get("uid")
-        self._worker_uid = uid if isinstance(uid, int) and not isinstance(uid, bool) else None
-        if self._worker_uid is not None and os.geteuid() == 0 and self._scratch is not None:
-            os.chown(self._scratch, self._worker_uid, self._worker_uid)
-
-    def _kill_strays(self) -> None:
-        """Fallback levels on a root host: kill every process left with the sandbox's own uid
-        (no pid namespace ends them; processes that left the worker's group would live on)."""
-        uid = self._plan.uid
-        if uid is not None and uid == self._worker_uid and self._plan.level not in (BWRAP, NONE):
-            kill_uid(uid)
-
-    def _launch(self) -> WorkerProcess:
-        """Spawn a worker, send it the contexts, wait until it is ready."""
-        if self._worker_uid is not None and os.geteuid() == 0 and self._scratch is not None:
-            os.chown(self._scratch, 0, 0)  # a worker starts as root (without capabilities)
-        contexts = self._init_contexts()
-        return self._handshake(self._open_worker(), contexts)
-
-    def _handshake(self, worker: WorkerProcess, contexts: list[ContextSpec]) -> WorkerProcess:
-        """Send a started worker ``init`` with ``contexts`` and wait until it is ready."""
-        try:
-            init = {"op": "init", "contexts": contexts, "output_limit": self._output_limit}
-            worker.send(init)
-            self._worker_ready(self._await_ready(worker))
-        except BaseException:
-            worker.terminate()
-            worker.release()
-            raise
-        return worker
-
-    def _await_ready(self, worker: WorkerProcess) -> dict[str, Any]:
-        deadline = time.monotonic() + self._startup_timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise SandboxError(
-                    f"the sandbox worker did not start within {self._startup_timeout:g} s"
-                )
-            worker.wait(left)
-            try:
-                messages, eof = worker.read_messages()
-            except ChannelError:
-                messages, eof = [], True
-            for message in messages:
-                op = message.get("op") if isinstance(message, dict) else None
-                if op == "ready":
-                    ready: dict[str, Any] = message
-                    return ready
-                if op == "init_error":
-                    raise SandboxError(
-                        f"the sandbox could not load the input: {message.get('error')}"
-                    )
-            if eof or worker.exited():
-                worker.wait_exit(1.0)
-                how = worker.describe_exit(worker.terminate())
-                output = " ".join(worker.drain.take().split())[-400:]
-                raise SandboxError(
-                    f"the sandbox worker {how} while starting: {output or 'no output'}"
-                )
-
-    # ---- cells ----
-
-    def execute(
-        self, code: str, *, timeout: float | None = None, setup: bool = False
-    ) -> CellResult:
-        """Run one cell. ``timeout``: seconds it may run, not counting time waiting on sub-calls.
-        ``setup``: ctxfold's own set-up code, not numbered (the model's first cell stays
-        ``<cell 1>`` in tracebacks; see ``sandbox/_setup.py``)."""
-        with self._exec_lock:
-            worker = self._worker
-            if self._state != "started":
-                raise SandboxError(
-                    f"the sandbox is {'not started' if self._state == 'new' else 'closed'}"
-                )
-            if worker is None:
-                raise SandboxError("the sandbox worker is not running (it could not be restarted)")
-            started = time.monotonic()
-            clock = CellClock(timeout, cpu=worker.cpu_seconds)
-            result: dict[str, Any] | None = None
-            interrupted, failure = False, "stopped answering"
-            self._cells += 1
-            if worker.send({"op": "exec", "code": code, "cell": self._cells, "setup": setup}):
-                result, interrupted, failure = self._serve_cell(worker, clock, self._cells)
-            try:
-                if result is not None:
-                    return self._cell_result(worker, result, interrupted, timeout, started)
-                return self._replace_worker(worker, failure, interrupted, timeout, started)
-            finally:
-                if self._state == "closed":  # close() was called from another thread meanwhile
-                    self._release_all()
-
-    def _serve_cell(
-        self, worker: WorkerProcess, clock: CellClock, cell_id: int
-    ) -> tuple[dict[str, Any] | None, bool, str]:
-        """Serve the worker until its result; (result or None, interrupted, why it failed)."""
-        interrupted_at: float | None = None
-        next_signal = 0.0
-        while True:
-            now = time.monotonic()
-            if interrupted_at is None:
-                left = clock.remaining()
-                if left is not None and left <= 0:
-                    interrupted_at = next_signal = now
-                    continue
-                wait = clock.next_check(left)
-            else:
-                if now >= interrupted_at + _INTERRUPT_GRACE_S:
-                    return None, True, "did not stop when interrupted"
-                if now >= next_signal:  # again now and then: a cell may swallow one interrupt
-                    worker.interrupt()
-                    next_signal = now + _RESIGNAL_S
-                wait = min(interrupted_at + _INTERRUPT_GRACE_S, next_signal) - now
-            wake = self._wake[0] if self._wake else None
-            if wake in worker.wait(wait, wake):
-                self._drain_wake()
-            try:
-                frames, eof = worker.read_frames()
-            except ChannelError as exc:
-                return None, interrupted_at is not None, str(exc)
-            for message, size in frames:
-                op = message.get("op") if isinstance(message, dict) else None
-                if op == "result" and message.get("cell") == cell_id:  # not a stale or forged one
-                    return message, interrupted_at is not None, ""
-                if op == "call":
-                    self._dispatch_call(worker, message, size, clock)
-            if eof or worker.exited():
-                return None, interrupted_at is not None, "closed its channel"
-
-    def _cell_result(
-        self,
-        worker: WorkerProcess,
-        message: dict[str, Any],
-        interrupted: bool,
-        timeout: float | None,
-        started: float,
-    ) -> CellResult:
-        result = cell_result(message, self._output_limit + 200)
-        extra = worker.drain.take()
-        if extra:
-            result.stderr = f"{result.stderr}\n{extra}" if result.stderr else extra
-        if interrupted:
-            note = (
-                f"TimeoutError: the cell ran past its time limit of {timeout:g} s (time spent "
-                "waiting on sub-calls counts only while the sandbox computes) and was interrupted."
-            )
-            result.error = f"{note}\n{result.error}" if result.error else note
-        result.timed_out = interrupted
-        result.duration_s = time.monotonic() - started
-        result.answer_changed = result.answer_changed or result.answer != self._answer
-        self._answer = result.answer
-        return result
-
-    def _replace_worker(
-        self,
-        worker: WorkerProcess,
-        failure: str,
-        interrupted: bool,
-        timeout: float | None,
-        started: float,
-    ) -> CellResult:
-        """The worker died or hung: kill it, start a fresh one, report the cell as lost."""
-        exited = worker.wait_exit(0 if interrupted else 1.0)
-        code = worker.terminate()
-        output = worker.drain.take()
-        worker.release()
-        self._worker = None
-        if self._state != "started":
-            raise SandboxError("the sandbox was closed while a cell was running")
-        if interrupted and not exited:
-            error = (
-                f"TimeoutError: the cell ran past its time limit of {timeout:g} s and did not stop "
-                f"when interrupted, so its worker was killed. {_LOST}"
-            )
-        else:
-            how = worker.describe_exit(code) if exited else f"{failure}, so it was killed,"
-            error = f"WorkerDied: the sandbox worker {how} while running this cell. {_LOST}"
-        self._worker = self._launch()
-        changed = self._answer != AnswerState()
-        self._answer = AnswerState()
-        return CellResult(
-            stderr=output,
-            error=error,
-            timed_out=interrupted,
-            restarted=True,
-            duration_s=time.monotonic() - started,
-            answer_changed=changed,
-        )
-
-    # ---- sub-calls ----
-
-    def _dispatch_call(
-        self, worker: WorkerProcess, message: dict[str, Any], size: int, clock: CellClock
-    ) -> None:
-        """Hand a ``call`` to the pool, or answer it at once with an error when it was refused
-        undecoded or would take the requests waiting for an answer past their bounds."""
-        call_id = message.get("id")
-        if not isinstance(call_id, int) or isinstance(call_id, bool) or self._pool is None:
-            return
-        refused = message.get("refused")
-        if not isinstance(refused, str):
-            refused = self._calls.admit(size)
-        if refused is not None:
-            worker.send({"op": "reply", "id": call_id, "results": f"[error: {refused}]"})
-            return
-        clock.call_started()
-        try:
-            self._pool.submit(self._answer_call, worker, call_id, message, size, clock)
-        except RuntimeError:  # the pool is shut down: the sandbox is closing
-            self._calls.release(size)
-            clock.call_finished()
-
-    def _answer_call(
-        self,
-        worker: WorkerProcess,
-        call_id: int,
-        message: dict[str, Any],
-        size: int,
-        clock: CellClock,
-    ) -> None:
-        results: list[str] | dict[str, Any] | str = []
-        try:
-            assert self._handler is not None
-            results = serve_call(self._handler, message)
-        finally:
-            self._calls.release(size)
-            worker.send({"op": "reply", "id": call_id, "results": results})
-            clock.call_finished()
-            self._wake_loop()
-
-    def _wake_loop(self) -> None:
-        with self._wake_lock:
-            if self._wake is not None:
-                with contextlib.suppress(BlockingIOError):
-                    os.write(self._wake[1], b"\0")
-
-    def _drain_wake(self) -> None:
-        with self._wake_lock:
-            if self._wake is not None:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self._wake[0], 4096)
-
-
-@atexit.register
-def _close_all() -> None:
-    """Leave no worker behind when the host interpreter exits without closing its sandboxes."""
-    for sandbox in list(_LIVE):
-        sandbox.close()
