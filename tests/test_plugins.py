@@ -15,7 +15,7 @@ from ctxfold.models import resolve_model
 from ctxfold.plugins import MODEL_GROUP, SANDBOX_GROUP, plugin_names
 from ctxfold.sandbox import make_sandbox
 
-_PLUGIN = '''
+_PLUGIN = """
 from ctxfold.models import ScriptedModel
 from ctxfold.sandbox import ProcessSandbox
 
@@ -32,7 +32,7 @@ def make_sandbox():
 
 def broken(rest):
     raise RuntimeError("never")
-'''
+"""
 
 _ENTRY_POINTS = """[ctxfold.models]
 echo = echo_plugin:make_echo

@@ -86,6 +86,11 @@ def test_resume_after_kill_9_replays_without_new_model_calls(
         assert _root_requests(server, 0) == 1 and _root_requests(server, 1) == 1
         subs = [b for b in server.requests if b["messages"][-1]["content"].startswith("sub ")]
         assert len(subs) == 2
+        # The resumed run tells the root model what the first run told it, word for word.
+        roots = [b for b in server.requests if not b["messages"][-1]["content"].startswith("sub ")]
+        first, resumed = roots[0]["messages"], roots[-1]["messages"]
+        prefix = len(first)
+        assert resumed[:prefix] == first
     lines = [json.loads(line) for line in trace.read_text().splitlines()]
     assert [e["type"] for e in lines].count("run_resume") == 1 and lines[-1]["type"] == "run_end"
     assert result.usage.root_calls == 3 and result.usage.sub_calls == 2

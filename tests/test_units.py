@@ -9,9 +9,9 @@ import pytest
 
 import ctxfold
 from ctxfold.budget import BudgetMeter
-from ctxfold.context import prepare_contexts
+from ctxfold.context import input_name, prepare_contexts, shown_names
 from ctxfold.engine import extract_code
-from ctxfold.models import TokenUsage
+from ctxfold.models import ScriptedModel, TokenUsage
 from ctxfold.trace import AnswerUpdate, RunEnd, Trace
 from ctxfold.usage import UsageMeter
 
@@ -96,6 +96,40 @@ def test_context_descriptions_are_bounded(tmp_path: Path) -> None:
     assert len(long.description) < 500
     data = prepare_contexts({"a": [1, 2]}, workdir=tmp_path)[0]
     assert data.spec["kind"] == "json_file" and "dict with 1 keys" in data.description
+
+
+def test_inputs_are_described_in_fields_not_one_string(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("A", encoding="utf-8")
+    text, folder = prepare_contexts(contexts=["hi there", tmp_path / "docs"], workdir=tmp_path)
+    assert (text.name, text.kind, text.size_chars) == ("context_0", "text_file", 8)
+    assert text.shape == "str, 8 characters in 1 lines"
+    assert text.preview == 'Preview: "hi there"'
+    assert text.description == f"{text.shape}. {text.preview}"
+    assert (folder.name, folder.kind) == ("context_1", "folder")
+    assert "Preview" not in folder.shape and "Keys" not in folder.shape
+    assert folder.preview == "Keys: 'a.txt'"
+
+
+def test_the_naming_rule() -> None:
+    assert shown_names(1) == ["context"]
+    assert shown_names(3) == ["context_0", "context_1", "context_2"]
+    assert input_name(4) == "context_4"
+
+
+def test_one_input_s_shape_is_the_system_prompt_s_summary(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "secret-name.txt").write_text("A", encoding="utf-8")
+    seen: list[str] = []
+
+    def reply(messages: list[dict[str, str]]) -> str:
+        seen.append(messages[0]["content"])
+        return "```python\nanswer['content'] = 'x'\nanswer['ready'] = True\n```"
+
+    with ctxfold.RLM(ScriptedModel(reply)) as rlm:
+        rlm.run("q", tmp_path / "docs")
+    assert "for folder 'docs': 1 files" in seen[0]
+    assert "secret-name.txt" not in seen[0]  # the keys are in the task message, not the summary
 
 
 def test_folder_context_lists_text_files_and_skips_binary(tmp_path: Path) -> None:

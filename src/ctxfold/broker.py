@@ -17,7 +17,7 @@ from typing import Any
 
 from ctxfold.choices import choice_max_tokens, choice_prompt, match_choice, retry_instruction
 from ctxfold.engine import RunShared
-from ctxfold.models import Completion, Message, Model
+from ctxfold.models import CHARS_PER_TOKEN, Completion, Message, Model
 from ctxfold.sandbox import SubcallItem, SubcallRequest
 from ctxfold.tools import ToolOutcome, run_tool_loop
 from ctxfold.trace import SubcallEnd, SubcallStart, ToolCall
@@ -26,7 +26,6 @@ from ctxfold.trace import SubcallEnd, SubcallStart, ToolCall
 ChildRunner = Callable[[str, Any, int], str]
 
 _PREVIEW = 200
-_CHARS_PER_TOKEN = 4
 
 
 def error_text(kind: str, message: str) -> str:
@@ -109,10 +108,10 @@ class Broker:
             return error_text("llm_query", "the run was cancelled")
         if shared.budget.depth == 0:
             return error_text("llm_query", "sub-calls are disabled in this run (Budget.depth=0)")
-        if model.context_window and len(item.prompt) // _CHARS_PER_TOKEN > model.context_window:
+        if model.context_window and len(item.prompt) // CHARS_PER_TOKEN > model.context_window:
             return error_text(
                 "llm_query",
-                f"prompt of about {len(item.prompt) // _CHARS_PER_TOKEN:,} tokens exceeds the "
+                f"prompt of about {len(item.prompt) // CHARS_PER_TOKEN:,} tokens exceeds the "
                 f"sub-model's window of {model.context_window:,} tokens; send smaller chunks",
             )
         if not shared.meter.reserve_sub_call():

@@ -24,13 +24,46 @@ _MAX_LISTED_FILES = 8
 _SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__", "node_modules", ".venv", ".mypy_cache"}
 
 
+def input_name(index: int) -> str:
+    """The sandbox variable of input number ``index``: ``context_0``, ``context_1`` ... (the
+    first one is also ``context``)."""
+    return f"context_{index}"
+
+
+def shown_names(count: int) -> list[str]:
+    """The names the root model is told for ``count`` inputs: ``context`` for one, else
+    ``context_0 ... context_N``."""
+    return ["context"] if count == 1 else [input_name(i) for i in range(count)]
+
+
 @dataclass(frozen=True, slots=True)
 class PreparedContext:
-    """One input, ready for the sandbox (``spec``) and described for the root model."""
+    """One input, ready for the sandbox (``spec``) and described for the root model.
+
+    ``shape`` says what the variable is and how big (``"str, 5 characters in 1 lines"``);
+    ``preview`` shows a fixed-size piece of it, labelled (``"Preview: ..."``, or ``"Keys: ..."``
+    for a folder); ``size_chars`` is its size (characters, bytes for files and folders).
+    """
 
     spec: ContextSpec
-    description: str
+    shape: str
+    preview: str
     size_chars: int
+
+    @property
+    def name(self) -> str:
+        """The sandbox variable it is loaded into."""
+        return self.spec["name"]
+
+    @property
+    def kind(self) -> str:
+        """How the sandbox loads it (see :class:`ctxfold.sandbox.ContextSpec`)."""
+        return self.spec["kind"]
+
+    @property
+    def description(self) -> str:
+        """Shape and preview in one line, as the root model reads it."""
+        return f"{self.shape}. {self.preview}" if self.preview else self.shape
 
 
 def prepare_contexts(
@@ -50,7 +83,7 @@ def prepare_contexts(
     items: list[Any] = [context] if contexts is None else list(contexts)
     if contexts is not None and not items:
         raise ContextError("contexts= is empty")
-    return [_prepare_one(item, f"context_{i}", workdir) for i, item in enumerate(items)]
+    return [_prepare_one(item, input_name(i), workdir) for i, item in enumerate(items)]
 
 
 def _prepare_one(value: Any, name: str, workdir: Path) -> PreparedContext:
@@ -62,8 +95,10 @@ def _prepare_one(value: Any, name: str, workdir: Path) -> PreparedContext:
         data = bytes(value)
         path = workdir / f"{name}.bin"
         path.write_bytes(data)
-        desc = f"bytes, {len(data):,} bytes. Preview: {_preview(data[:PREVIEW_CHARS].hex(' '))}"
-        return PreparedContext(_spec(name, "bytes_file", path), desc, len(data))
+        preview = _preview(data[:PREVIEW_CHARS].hex(" "))
+        return PreparedContext(
+            _spec(name, "bytes_file", path), f"bytes, {len(data):,} bytes", preview, len(data)
+        )
     if isinstance(value, os.PathLike):
         path = Path(value)
         if path.is_dir():
@@ -83,7 +118,8 @@ def _spec(name: str, kind: str, path: Path, files: list[str] | None = None) -> C
 
 def _preview(text: str) -> str:
     text = text[:PREVIEW_CHARS]
-    return json.dumps(text, ensure_ascii=False) + (" ..." if len(text) >= PREVIEW_CHARS else "")
+    more = " ..." if len(text) >= PREVIEW_CHARS else ""
+    return f"Preview: {json.dumps(text, ensure_ascii=False)}{more}"
 
 
 def _from_text(text: str, name: str, workdir: Path) -> PreparedContext:
@@ -93,8 +129,8 @@ def _from_text(text: str, name: str, workdir: Path) -> PreparedContext:
     except UnicodeEncodeError as exc:  # pragma: no cover - surrogatepass accepts lone surrogates
         raise ContextError(f"context text cannot be encoded as UTF-8: {exc.reason}") from None
     lines = text.count("\n") + (1 if text and not text.endswith("\n") else 0)
-    desc = f"str, {len(text):,} characters in {lines:,} lines. Preview: {_preview(text)}"
-    return PreparedContext(_spec(name, "text_file", path), desc, len(text))
+    shape = f"str, {len(text):,} characters in {lines:,} lines"
+    return PreparedContext(_spec(name, "text_file", path), shape, _preview(text), len(text))
 
 
 def _sniff_text(path: Path) -> str:
@@ -137,11 +173,11 @@ def _from_file(path: Path, name: str) -> PreparedContext:
         )
     head = _sniff_text(path)
     size = info.st_size
-    desc = (
+    shape = (
         f"str, the text of file {path.name!r}: {size:,} bytes of UTF-8 text "
-        f"(about {size:,} characters). Preview: {_preview(head)}"
+        f"(about {size:,} characters)"
     )
-    return PreparedContext(_spec(name, "text_file", path), desc, size)
+    return PreparedContext(_spec(name, "text_file", path), shape, _preview(head), size)
 
 
 def _from_folder(root: Path, name: str) -> PreparedContext:
@@ -168,11 +204,13 @@ def _from_folder(root: Path, name: str) -> PreparedContext:
         f", ... ({len(files) - _MAX_LISTED_FILES:,} more)" if len(files) > _MAX_LISTED_FILES else ""
     )
     note = f"; {skipped:,} binary or unreadable files left out" if skipped else ""
-    desc = (
+    shape = (
         f"dict mapping relative path -> file text for folder {root.name!r}: {len(files):,} files, "
-        f"{total:,} bytes in all{note}. Keys: {listed}{more}"
+        f"{total:,} bytes in all{note}"
     )
-    return PreparedContext(_spec(name, "folder", root, files), desc, total)
+    return PreparedContext(
+        _spec(name, "folder", root, files), shape, f"Keys: {listed}{more}", total
+    )
 
 
 def _from_data(value: Any, name: str, workdir: Path) -> PreparedContext:
@@ -194,5 +232,5 @@ def _from_data(value: Any, name: str, workdir: Path) -> PreparedContext:
     else:
         types = sorted({type(v).__name__ for v in value[:1000]})
         shape = f"list of {len(value):,} items (types: {', '.join(types) or 'none'})"
-    desc = f"{shape}; {len(text):,} characters as JSON. Preview: {_preview(text)}"
-    return PreparedContext(_spec(name, "json_file", path), desc, len(text))
+    shape = f"{shape}; {len(text):,} characters as JSON"
+    return PreparedContext(_spec(name, "json_file", path), shape, _preview(text), len(text))

@@ -25,7 +25,7 @@ from ctxfold.engine import (
     load_resume_state,
 )
 from ctxfold.errors import ContextError, CtxfoldError, UntrustedSpecError, quoted
-from ctxfold.models import Model, foreign_endpoint, resolve_model
+from ctxfold.models import CHARS_PER_TOKEN, Model, foreign_endpoint, resolve_model
 from ctxfold.prompts import PROFILES, profile_for
 from ctxfold.sandbox import (
     ContextSpec,
@@ -75,9 +75,12 @@ def _recorded_inputs(start: RunStart) -> list[PreparedContext]:
             raise CtxfoldError(f"the trace's input {number} is malformed")
         if not Path(path).exists():
             raise ContextError(f"input {name} of that run is gone: {quoted(path)}")
-        description = start.contexts[number] if number < len(start.contexts) else name
+        shape, preview = spec.get("shape"), spec.get("preview", "")
+        if not isinstance(shape, str) or not isinstance(preview, str):  # an older trace
+            shape = start.contexts[number] if number < len(start.contexts) else name
+            preview = ""
         context_spec = ContextSpec(name=name, kind=kind, path=path, files=files)
-        prepared.append(PreparedContext(context_spec, description, 0))
+        prepared.append(PreparedContext(context_spec, shape, preview, 0))
     return prepared
 
 
@@ -202,7 +205,7 @@ class RLM:
         profile = profile_for(profile, self.model.name)
         if output_limit is None:
             output_limit = 8000 if window is None else max(1000, min(8000, window // 2))
-        history = 120_000 if window is None else max(8_000, int(window * 3 * 0.6))
+        history = 120_000 if window is None else max(8_000, int(window * CHARS_PER_TOKEN * 0.6))
         return EngineOptions(
             concurrency=concurrency,
             output_limit=output_limit,
@@ -256,7 +259,7 @@ class RLM:
                     version=__version__,
                     model_spec=self._model_spec,
                     sub_model_spec=self._sub_model_spec,
-                    inputs=[dict(c.spec) for c in prepared],
+                    inputs=[{**c.spec, "shape": c.shape, "preview": c.preview} for c in prepared],
                 )
                 result = self._drive(question, prepared, run_trace, start)
             if keep is not None:

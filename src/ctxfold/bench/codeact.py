@@ -235,9 +235,7 @@ class CodeActTools:
     """The CodeAct baseline as an engine extension: ``tools`` are functions of the root model's
     code, answered on the host; sub-LLM calls are refused."""
 
-    refuses_subcalls: str | None = (
-        "sub-calls are disabled in this run (the code has tools instead)"
-    )
+    refuses_subcalls: str | None = "sub-calls are disabled in this run (the code has tools instead)"
 
     def __init__(self, tools: Sequence[Tool]) -> None:
         self.tools = check_root_tools(tools)

@@ -16,12 +16,12 @@ from typing import Any
 
 from ctxfold import prompts
 from ctxfold.broker import Broker
-from ctxfold.context import PreparedContext, prepare_contexts
+from ctxfold.context import PreparedContext, prepare_contexts, shown_names
 from ctxfold.engine._code import extract_code
 from ctxfold.engine._resume import ReplayHandler, ResumeState
 from ctxfold.engine._run import RunShared
 from ctxfold.errors import CtxfoldError
-from ctxfold.models import Message
+from ctxfold.models import CHARS_PER_TOKEN, Message
 from ctxfold.sandbox import AnswerState, Sandbox, SetupSandbox, SubcallHandler, host_temp_dir
 from ctxfold.tools import root_tools_note
 from ctxfold.trace import (
@@ -169,9 +169,9 @@ class Engine:
         """The conversation the root model starts from, as its profile (or an extension) words
         it: the question stays the last thing it reads."""
         opts, sub, profile = self._shared.options, self._shared.sub_model, self._profile
-        names = ["context"] if len(contexts) == 1 else [c.spec["name"] for c in contexts]
+        names = shown_names(len(contexts))
         summary = (
-            contexts[0].description.split(". Preview:")[0]
+            contexts[0].shape
             if len(contexts) == 1
             else f"{len(contexts)} inputs, also named " + ", ".join(names)
         )
@@ -185,7 +185,7 @@ class Engine:
             profile.name,
             context_summary=summary,
             output_limit=opts.output_limit,
-            sub_window=(sub.context_window or 32_000) * 3,
+            sub_window=(sub.context_window or 32_000) * CHARS_PER_TOKEN,
             sub_calls=sub_calls,
             tools_note=root_tools_note(self._shared.tools) if sub_calls else "",
         )
@@ -409,9 +409,7 @@ class Engine:
         else:
             messages.append(ask)
         try:
-            completion = self._shared.root_model.complete(
-                messages, **self._shared.call_options()
-            )
+            completion = self._shared.root_model.complete(messages, **self._shared.call_options())
         except CtxfoldError:
             return ""
         self._shared.account(

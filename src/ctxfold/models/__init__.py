@@ -14,12 +14,13 @@ from ctxfold.models._base import (
 )
 from ctxfold.models._retry import RetryPolicy
 from ctxfold.models._spec import foreign_endpoint, resolve_model
-from ctxfold.models._tokens import count_message_tokens, count_tokens
+from ctxfold.models._tokens import CHARS_PER_TOKEN, count_message_tokens, count_tokens
 from ctxfold.models.anthropic_model import AnthropicModel
 from ctxfold.models.openai_compat import OpenAIModel
 from ctxfold.models.scripted import ScriptedModel
 
 __all__ = [
+    "CHARS_PER_TOKEN",
     "AnthropicModel",
     "Completion",
     "Message",

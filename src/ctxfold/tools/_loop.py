@@ -216,9 +216,7 @@ async def arun_tool_loop(
         if isinstance(step, _RunTool):
             return await arun_tool(step.tool, step.arguments, step.limit)
         if isinstance(step, _AskNative):
-            return await step.model.acomplete_with_tools(
-                step.convo, step.specs, **(options or {})
-            )
+            return await step.model.acomplete_with_tools(step.convo, step.specs, **(options or {}))
         return await acomplete(step.convo)
 
     answer: Any = None
