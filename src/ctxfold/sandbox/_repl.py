@@ -185,29 +185,20 @@ class WorkerSandbox(Closing):
 
     def _await_ready(self, worker: WorkerProcess) -> dict[str, Any]:
         deadline = time.monotonic() + self._startup_timeout
-        while (left := deadline - time.monotonic()) > 0:
-            worker.wait(left)
-            try:
-                messages, eof = worker.read_messages()
-            except ChannelError:
-                messages, eof = [], True
-            for message in messages:
-                op = message.get("op") if isinstance(message, dict) else None
-                if op == "ready":
-                    ready: dict[str, Any] = message
-                    return ready
-                if op == "init_error":
-                    raise SandboxError(
-                        f"the sandbox could not load the input: {message.get('error')}"
-                    )
-            if eof or worker.exited():
-                worker.wait_exit(1.0)
-                how = worker.describe_exit(worker.terminate())
-                output = " ".join(worker.drain.take().split())[-400:]
-                raise SandboxError(
-                    f"the sandbox worker {how} while starting: {output or 'no output'}"
-                )
-        raise SandboxError(f"the sandbox worker did not start within {self._startup_timeout:g} s")
+        try:
+            message = next_message(worker, ("ready", "init_error"), deadline)
+        except TimeoutError:
+            raise SandboxError(
+                f"the sandbox worker did not start within {self._startup_timeout:g} s"
+            ) from None
+        if message is None:
+            worker.wait_exit(1.0)
+            how = worker.describe_exit(worker.terminate())
+            output = " ".join(worker.drain.take().split())[-400:]
+            raise SandboxError(f"the sandbox worker {how} while starting: {output or 'no output'}")
+        if message["op"] == "init_error":
+            raise SandboxError(f"the sandbox could not load the input: {message.get('error')}")
+        return message
 
     # ---- cells ----
 
@@ -304,6 +295,26 @@ class WorkerSandbox(Closing):
             duration_s=time.monotonic() - started,
             answer_changed=changed,
         )
+
+
+def next_message(
+    worker: WorkerProcess, ops: tuple[str, ...], deadline: float
+) -> dict[str, Any] | None:
+    """The worker's first message whose ``op`` is one of ``ops`` (others are dropped); ``None``
+    when its channel ends or breaks, or it exits, first. Raises :class:`TimeoutError` at
+    ``deadline`` (a ``time.monotonic()`` value)."""
+    while (left := deadline - time.monotonic()) > 0:
+        worker.wait(left)
+        try:
+            messages, eof = worker.read_messages()
+        except ChannelError:
+            return None
+        for message in messages:
+            if isinstance(message, dict) and message.get("op") in ops:
+                return message
+        if eof or worker.exited():
+            return None
+    raise TimeoutError
 
 
 @atexit.register

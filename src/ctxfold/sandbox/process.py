@@ -9,6 +9,7 @@ worker sends is treated as untrusted.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -21,10 +22,10 @@ from typing import Any
 
 from ctxfold.errors import SandboxError
 from ctxfold.sandbox._cleanup import remove_soon
-from ctxfold.sandbox._host import WORKER_PATH, ChannelError, WorkerProcess, compiled_worker
+from ctxfold.sandbox._host import WORKER_PATH, WorkerProcess, compiled_worker
 from ctxfold.sandbox._isolation import BWRAP, NONE, WORKER_INSIDE, Limits, Plan, kill_uid, plan_for
 from ctxfold.sandbox._launch import start_worker
-from ctxfold.sandbox._repl import WorkerSandbox
+from ctxfold.sandbox._repl import WorkerSandbox, next_message
 from ctxfold.sandbox._seccomp import filter_fd, syscall_filter
 from ctxfold.sandbox._spare import POOL, SparePool, stage_inputs
 from ctxfold.sandbox._tempdirs import host_temp_dir
@@ -306,14 +307,7 @@ class ProcessSandbox(WorkerSandbox):
     def _await_started(self, worker: WorkerProcess) -> None:
         """Wait for the worker's ``started`` message (its imports are done)."""
         deadline = time.monotonic() + self._startup_timeout
-        while (left := deadline - time.monotonic()) > 0:
-            worker.wait(left)
-            try:
-                messages, eof = worker.read_messages()
-            except ChannelError:
-                break
-            if any(isinstance(m, dict) and m.get("op") == "started" for m in messages):
+        with contextlib.suppress(TimeoutError):
+            if next_message(worker, ("started",), deadline) is not None:
                 return
-            if eof or worker.exited():
-                break
         raise SandboxError("the spare worker did not start")
