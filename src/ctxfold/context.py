@@ -67,12 +67,17 @@ class PreparedContext:
 
 
 def prepare_contexts(
-    context: Any = None, contexts: Sequence[Any] | None = None, *, workdir: Path
+    context: Any = None,
+    contexts: Sequence[Any] | None = None,
+    *,
+    workdir: Path,
+    first_index: int = 0,
 ) -> list[PreparedContext]:
     """Validate the user's input(s) and write in-memory ones under ``workdir``.
 
     Exactly one input becomes ``context``; several (``contexts=[...]``) become ``context_0`` ...
-    ``context_N`` (and ``context`` is ``context_0``). Raises :class:`ContextError`.
+    ``context_N`` (and ``context`` is ``context_0``). ``first_index`` numbers them from there
+    instead (an input added to a session). Raises :class:`ContextError`.
     """
     if context is not None and contexts is not None:
         raise ContextError("give either context= or contexts=, not both")
@@ -83,7 +88,7 @@ def prepare_contexts(
     items: list[Any] = [context] if contexts is None else list(contexts)
     if contexts is not None and not items:
         raise ContextError("contexts= is empty")
-    return [_prepare_one(item, input_name(i), workdir) for i, item in enumerate(items)]
+    return [_prepare_one(item, input_name(i), workdir) for i, item in enumerate(items, first_index)]
 
 
 def _prepare_one(value: Any, name: str, workdir: Path) -> PreparedContext:

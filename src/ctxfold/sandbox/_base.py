@@ -52,11 +52,33 @@ SubcallHandler = Callable[[SubcallRequest], "list[str] | dict[str, Any]"]
 
 
 @dataclass(frozen=True, slots=True)
+class SourceSpan:
+    """A span of an input that ``answer["sources"]`` names (``cite()`` adds them), as the
+    sandbox reported it: characters ``start:end`` of a text input, or lines
+    ``line_start..line_end`` (from 1, both included) of file ``path`` of a folder input. Not yet
+    checked against the input: :func:`ctxfold.citations.resolve` does that on the host."""
+
+    source: str = "context"
+    start: int | None = None
+    end: int | None = None
+    path: str | None = None
+    line_start: int | None = None
+    line_end: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AnswerState:
-    """The in-sandbox ``answer`` dict as the engine reads it after a cell."""
+    """The in-sandbox ``answer`` dict as the engine reads it after a cell.
+
+    ``content`` is the text form; ``value`` the content as JSON text when the code set it to a
+    value (a dict, list, number ...) rather than a string, else ``None``; ``sources`` the spans
+    of ``answer["sources"]``.
+    """
 
     content: str = ""
     ready: bool = False
+    value: str | None = None
+    sources: tuple[SourceSpan, ...] = ()
 
 
 @dataclass(slots=True)

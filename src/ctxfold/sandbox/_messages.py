@@ -14,12 +14,14 @@ from ctxfold.choices import check_choices, check_notes
 from ctxfold.sandbox._base import (
     AnswerState,
     CellResult,
+    SourceSpan,
     SubcallHandler,
     SubcallItem,
     SubcallRequest,
 )
 
 _MAX_ANSWER_CHARS = 4_100_000
+MAX_SOURCES = 200  # spans kept from answer["sources"]
 _MAX_TOOL_NAME = 64
 MAX_ITEMS = 4096  # items in one call message (the worker splits bigger batches)
 _MAX_RESTORED = 64  # names in a cell's "restored" list ...
@@ -146,4 +148,43 @@ def _answer_of(value: Any) -> AnswerState:
         return AnswerState()
     content = value.get("content")
     content = content[:_MAX_ANSWER_CHARS] if isinstance(content, str) else ""
-    return AnswerState(content=content, ready=value.get("ready") is True)
+    as_json = value.get("value")
+    as_json = as_json if isinstance(as_json, str) and len(as_json) <= _MAX_ANSWER_CHARS else None
+    return AnswerState(
+        content=content,
+        ready=value.get("ready") is True,
+        value=as_json,
+        sources=_spans_of(value.get("sources")),
+    )
+
+
+def _spans_of(value: Any) -> tuple[SourceSpan, ...]:
+    if not isinstance(value, list):
+        return ()
+    spans = []
+    for item in value[:MAX_SOURCES]:
+        if not isinstance(item, dict):
+            continue
+        fields = {
+            key: item[key] for key in _SPAN_FIELDS if key in item and _SPAN_FIELDS[key](item[key])
+        }
+        spans.append(SourceSpan(**fields))
+    return tuple(spans)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**53
+
+
+def _is_name(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= 4096
+
+
+_SPAN_FIELDS = {
+    "source": _is_name,
+    "start": _is_int,
+    "end": _is_int,
+    "path": _is_name,
+    "line_start": _is_int,
+    "line_end": _is_int,
+}

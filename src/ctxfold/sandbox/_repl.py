@@ -200,6 +200,31 @@ class WorkerSandbox(Closing):
             raise SandboxError(f"the sandbox could not load the input: {message.get('error')}")
         return message
 
+    def add_input(self, spec: ContextSpec) -> None:
+        """Load one more input into the running REPL, as variable ``spec["name"]`` (kept after
+        a restart). Raises :class:`SandboxError`."""
+        with self._exec_lock:
+            worker = self._worker
+            if self._state != "started" or worker is None:
+                raise SandboxError("the sandbox is not running")
+            seen = self._show_input(spec)
+            worker.send({"op": "add_input", "spec": seen})
+            deadline = time.monotonic() + self._startup_timeout
+            try:
+                message = next_message(worker, ("input_added",), deadline)
+            except TimeoutError:
+                message = None
+            if message is None:
+                raise SandboxError("the sandbox worker did not load the new input")
+            error = message.get("error")
+            if error is not None:
+                raise SandboxError(f"the sandbox could not load the input: {str(error)[:300]}")
+            self._contexts.append(seen)
+
+    def _show_input(self, spec: ContextSpec) -> ContextSpec:
+        """``spec`` as a running worker can reach it. This base can show none."""
+        raise SandboxError(f"a {type(self).__name__} cannot take inputs once it has started")
+
     # ---- cells ----
 
     def execute(self, code: str, *, timeout: float | None = None) -> CellResult:

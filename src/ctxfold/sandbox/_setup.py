@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ctxfold.errors import CtxfoldError
+from ctxfold.errors import CtxfoldError, SandboxError
 from ctxfold.sandbox._base import CellResult, ContextSpec, Sandbox, SubcallHandler
 
 
@@ -32,8 +32,21 @@ class SetupSandbox:
         self.isolation: str = getattr(inner, "isolation", "")
 
     def add(self, code: str, *, what: str, timeout: float | None) -> None:
-        """Add a set-up cell (before :meth:`start`); ``what`` names what it defines."""
-        self._cells.append(_SetupCell(code, what, timeout))
+        """Add a set-up cell (before :meth:`start`); ``what`` names what it defines. A cell
+        that defines the same ``what`` as an earlier one replaces it."""
+        cell = _SetupCell(code, what, timeout)
+        for i, old in enumerate(self._cells):
+            if old.what == what:
+                self._cells[i] = cell
+                return
+        self._cells.append(cell)
+
+    def define(self, code: str, *, what: str, timeout: float | None) -> str | None:
+        """Add (or replace) a set-up cell on a started sandbox and run it now; its error text,
+        if it failed (``what`` is then undefined until it is defined again)."""
+        self.add(code, what=what, timeout=timeout)
+        result = self._inner.setup(code, timeout=timeout)
+        return result.error
 
     def start(
         self, contexts: Sequence[ContextSpec], handler: SubcallHandler, *, output_limit: int = 8000
@@ -58,6 +71,17 @@ class SetupSandbox:
 
     def setup(self, code: str, *, timeout: float | None = None) -> CellResult:
         return self._inner.setup(code, timeout=timeout)
+
+    def add_input(self, spec: ContextSpec) -> None:
+        """Load one more input into the running sandbox, if its backend can.
+
+        Raises:
+            SandboxError: it cannot, or loading failed.
+        """
+        add = getattr(self._inner, "add_input", None)
+        if add is None:
+            raise SandboxError(f"this sandbox ({self.isolation}) cannot take inputs once started")
+        add(spec)
 
     def close(self) -> None:
         self._inner.close()

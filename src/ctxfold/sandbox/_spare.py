@@ -291,14 +291,16 @@ def stop_spares() -> None:
 # ---- showing a spare its inputs ------------------------------------------------------------
 
 
-def stage_inputs(contexts: Sequence[ContextSpec], staging: str) -> list[ContextSpec] | None:
+def stage_inputs(
+    contexts: Sequence[ContextSpec], staging: str, *, start: int = 0
+) -> list[ContextSpec] | None:
     """Hard-link (or copy, when small) each input into ``staging``, the directory a spare's
     bubblewrap view binds read-only; the inputs as the spare sees them, or ``None`` when they
     cannot all be shown that way (the caller then starts a fresh worker, which binds them where
     they are). A folder's files are linked one by one, so nothing beside them becomes visible."""
     staged: list[ContextSpec] = []
     try:
-        for index, spec in enumerate(contexts):
+        for index, spec in enumerate(contexts, start):
             home = Path(staging, str(index))
             home.mkdir(0o755)
             files = list(spec.get("files", []))

@@ -60,6 +60,7 @@ _MAX_SEND = 48 * 1024 * 1024  # one outgoing frame (the host refuses frames over
 _MAX_ITEMS = 4096  # sub-call items in one frame (the host's limit)
 _WINDOW = 8  # frames of one batch awaiting an answer at once (the host holds at most 64)
 _MAX_ANSWER_CHARS = 4_000_000
+_MAX_SOURCES = 200  # spans in answer["sources"]
 _MAX_TOOL_BYTES = 1024 * 1024  # one tool call's arguments (the host allows far less)
 _ASYNC_FLAGS = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
 _NOBODY = 65534
@@ -443,6 +444,8 @@ class _Worker:
         self._scaffold: dict[str, Any] = {}
         self._tools: set[str] = set()
         self._builtins = dict(vars(builtins))
+        self.inputs: dict[str, Any] = {}  # name -> the loaded input (``context`` too)
+        self.setup_names: set[str] = set()  # names ctxfold's set-up cells defined
 
     # ---- setup ----
 
@@ -457,11 +460,24 @@ class _Worker:
             self._scaffold[str(spec["name"])] = _load_context(spec)
         if contexts and "context" not in self._scaffold:
             self._scaffold["context"] = self._scaffold[str(contexts[0]["name"])]
+        self.inputs = {name: self._scaffold[name] for name in self._scaffold}
         for fn in _make_functions(self):
             self._scaffold[fn.__name__] = fn
         self.ns.update(self._scaffold)
         self.ns["answer"] = self._answer
         sys.modules["__main__"] = self._module
+
+    def add_input(self, spec: Any) -> str | None:
+        """Load one more input (a session's ``add_context``); the error text, if it failed."""
+        try:
+            name = str(spec["name"])
+            if name in self._scaffold and name not in self.inputs:
+                raise ValueError(f"{name!r} is taken")
+            value = _load_context(spec)
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"[:2000]
+        self._scaffold[name] = self.inputs[name] = self.ns[name] = value
+        return None
 
     @property
     def scaffold_names(self) -> list[str]:
@@ -495,6 +511,7 @@ class _Worker:
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
         out, err = _BoundedWriter(self._output_limit), _BoundedWriter(self._output_limit)
         before = _answer_fields(self._answer)
+        bound = {name: id(value) for name, value in self.ns.items()} if setup else {}
         error: str | None = None
         timed_out = False
         saved = sys.stdout, sys.stderr
@@ -516,8 +533,11 @@ class _Worker:
         finally:
             sys.stdout, sys.stderr = saved
         duration = time.perf_counter() - start
+        if setup:  # what ctxfold's own code defines is not listed as the model's variables
+            self.setup_names.update(n for n, v in self.ns.items() if bound.get(n) != id(v))
         restored = self._restore_scaffold()
-        content, ready = _answer_fields(self._answer)
+        after = _answer_fields(self._answer)
+        content, ready, value, sources = after
         return {
             "op": "result",
             "cell": cell_id,
@@ -526,8 +546,8 @@ class _Worker:
             "error": error,
             "timed_out": timed_out,
             "duration_s": duration,
-            "answer": {"content": content, "ready": ready},
-            "answer_changed": (content, ready) != before,
+            "answer": {"content": content, "ready": ready, "value": value, "sources": sources},
+            "answer_changed": after != before,
             "restored": restored,
         }
 
@@ -585,9 +605,15 @@ def _run_code(code: types.CodeType, ns: dict[str, Any]) -> Any:
     return value
 
 
-def _answer_fields(answer: dict[str, Any]) -> tuple[str, bool]:
+def _answer_fields(answer: dict[str, Any]) -> tuple[str, bool, str | None, list[Any]]:
+    """``answer`` as the host reads it: its content as text, whether it is ready, the content as
+    JSON when it is a value rather than text (for a typed answer; ``None`` otherwise), and the
+    well-formed spans of ``answer["sources"]``."""
+    value: str | None = None
     try:
         content = answer.get("content", "")
+        if content is not None and not isinstance(content, str):
+            value = _json_or_none(content)
         content = "" if content is None else content if isinstance(content, str) else str(content)
     except Exception:
         content = "<the answer content could not be turned into text>"
@@ -597,7 +623,43 @@ def _answer_fields(answer: dict[str, Any]) -> tuple[str, bool]:
         ready = bool(answer.get("ready", False))
     except Exception:
         ready = False
-    return content, ready
+    return content, ready, value, _spans(answer.get("sources"))
+
+
+def _json_or_none(value: Any) -> str | None:
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        return None
+    return text if len(text) <= _MAX_ANSWER_CHARS else None
+
+
+_SPAN_KEYS = {
+    "source": str,
+    "start": int,
+    "end": int,
+    "path": str,
+    "line_start": int,
+    "line_end": int,
+}
+
+
+def _spans(sources: Any) -> list[dict[str, Any]]:
+    """The dicts of ``sources`` that look like spans (checked again, and quoted, by the host)."""
+    if not isinstance(sources, list):
+        return []
+    spans = []
+    for item in sources[:_MAX_SOURCES]:
+        if isinstance(item, dict):
+            span = {
+                key: value
+                for key, value in item.items()
+                if key in _SPAN_KEYS
+                and type(value) is _SPAN_KEYS[key]
+                and (not isinstance(value, str) or len(value) <= 4096)
+            }
+            spans.append(span)
+    return spans
 
 
 def _keep_cell_frames(exc: traceback.TracebackException, seen: set[int]) -> None:
@@ -667,7 +729,7 @@ def _as_list(prompts: Any, name: str) -> list[Any]:
 
 def _make_functions(worker: _Worker) -> list[Callable[..., Any]]:
     """The functions model code can call (each documented: models may call help())."""
-    return [*_subcall_functions(worker), *_answer_functions(worker)]
+    return [*_subcall_functions(worker), *_answer_functions(worker), _cite_function(worker)]
 
 
 def _ask(worker: _Worker, kind: str, name: str, items: list[Any], with_context: bool) -> list[str]:
@@ -791,7 +853,7 @@ def _answer_functions(worker: _Worker) -> list[Callable[..., Any]]:
 
     def SHOW_VARS() -> None:
         """Print the variables you made, with their type and size."""
-        skip = {*worker.scaffold_names, "answer"}
+        skip = {*worker.scaffold_names, *worker.setup_names, "answer"}
         rows = [
             f"{name}: {type(value).__name__}{_size_note(value)}"
             for name, value in list(worker.ns.items())
@@ -806,6 +868,68 @@ def _answer_functions(worker: _Worker) -> list[Callable[..., Any]]:
         worker.define_tools(_loads(specs))
 
     return [FINAL, FINAL_VAR, budget, SHOW_VARS, _define_tools]
+
+
+def _cite_function(worker: _Worker) -> Callable[..., Any]:
+    def cite(where: Any, first: Any, last: Any = None, *, source: str = "context") -> str:
+        """Say where a claim comes from: returns the quoted text (check it) and adds the span
+        to ``answer["sources"]``.
+
+        ``cite(start, end)``: characters ``start`` to ``end`` (excluded) of a text input;
+        ``source`` names another one (``"context_1"``). ``cite(path, first_line, last_line)``:
+        lines of one file of a folder input, counted from 1, both included. A span outside the
+        input raises ValueError."""
+        if source not in worker.inputs:
+            raise ValueError(f"cite: source must name an input ({', '.join(worker.inputs)})")
+        value = worker.inputs[source]
+        if isinstance(where, str):
+            quote, span = _cite_lines(value, source, where, first, first if last is None else last)
+        else:
+            quote, span = _cite_chars(value, source, where, first)
+        answer = worker.answer_dict()
+        sources = answer.get("sources")
+        if not isinstance(sources, list):
+            sources = answer["sources"] = []
+        if len(sources) >= _MAX_SOURCES:
+            raise ValueError(f"cite: an answer holds at most {_MAX_SOURCES} sources")
+        sources.append(span)
+        return quote
+
+    return cite
+
+
+def _whole(value: Any, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"cite: {name} must be a whole number, got {type(value).__name__}")
+    return value
+
+
+def _cite_chars(value: Any, source: str, start: Any, end: Any) -> tuple[str, dict[str, Any]]:
+    if not isinstance(value, str):
+        raise ValueError(
+            f"cite: {source} is not text; for a folder input use cite(path, first_line, last_line)"
+        )
+    a, b = _whole(start, "start"), _whole(end, "end")
+    if not 0 <= a < b <= len(value):
+        raise ValueError(
+            f"cite: {a}:{b} is not a span of {source} (0 <= start < end <= {len(value)})"
+        )
+    return value[a:b], {"source": source, "start": a, "end": b}
+
+
+def _cite_lines(
+    value: Any, source: str, path: str, first: Any, last: Any
+) -> tuple[str, dict[str, Any]]:
+    if not isinstance(value, dict):
+        raise ValueError(f"cite: {source} is not a folder input; use cite(start, end)")
+    if path not in value:
+        raise ValueError(f"cite: {path!r} is not a file of {source}")
+    lines = value[path].splitlines(keepends=True)
+    a, b = _whole(first, "first_line"), _whole(last, "last_line")
+    if not 1 <= a <= b <= len(lines):
+        raise ValueError(f"cite: lines {a}-{b} are not in {path!r} (it has {len(lines)} lines)")
+    span = {"source": source, "path": path, "line_start": a, "line_end": b}
+    return "".join(lines[a - 1 : b]), span
 
 
 def _channel_fds(argv: list[str]) -> tuple[int, int, list[str]]:
@@ -942,6 +1066,8 @@ def main(argv: list[str]) -> None:
             if channel.orphaned:  # a process model code forked ended its copy of the cell
                 os._exit(0)
             channel.send(result)
+        elif message.get("op") == "add_input":
+            channel.send({"op": "input_added", "error": worker.add_input(message.get("spec"))})
         elif message.get("op") == "shutdown":
             os._exit(0)
 

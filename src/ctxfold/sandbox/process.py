@@ -18,9 +18,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from ctxfold.errors import SandboxError
+from ctxfold.sandbox._base import ContextSpec
 from ctxfold.sandbox._cleanup import remove_soon
 from ctxfold.sandbox._host import WORKER_PATH, WorkerProcess, compiled_worker
 from ctxfold.sandbox._isolation import BWRAP, NONE, WORKER_INSIDE, Limits, Plan, kill_uid, plan_for
@@ -150,7 +152,33 @@ class ProcessSandbox(WorkerSandbox):
     # ---- starting a worker ----
 
     def _first_worker(self) -> WorkerProcess:
-        return self._adopt_spare() or super()._first_worker()
+        worker = self._adopt_spare()
+        if worker is not None:
+            return worker
+        if self._plan.level == BWRAP:  # bound into the view: inputs added later go in here
+            self._staging = self._staging_dir()
+        return super()._first_worker()
+
+    @staticmethod
+    def _staging_dir() -> str:
+        """A folder for inputs shown to the worker by hard links, open to the worker's uid
+        (a worker that left root loads inputs added to a running session as that uid)."""
+        staging = tempfile.mkdtemp(prefix="ctxfold-sbx-in-", dir=host_temp_dir())
+        Path(staging).chmod(0o755)
+        return staging
+
+    def _show_input(self, spec: ContextSpec) -> ContextSpec:
+        if self._staging is None and self._worker_uid is None:  # it sees the host's files as we do
+            return spec
+        if self._staging is None:
+            self._staging = self._staging_dir()
+        staged = stage_inputs([spec], self._staging, start=len(self._contexts) + 1000)
+        if staged is None:
+            raise SandboxError(
+                "the input cannot be shown to the running sandbox (a file on another "
+                "filesystem, over 8 MiB, or a folder of over 20,000 files)"
+            )
+        return staged[0]
 
     def _fresh_worker(self) -> WorkerProcess:
         if self._worker_uid is not None and os.geteuid() == 0 and self._scratch is not None:
@@ -288,7 +316,7 @@ class ProcessSandbox(WorkerSandbox):
         try:
             spare._scratch = tempfile.mkdtemp(prefix="ctxfold-sbx-", dir=host_temp_dir())
             if spare._plan.level == BWRAP:  # its view is made now: the inputs go in here later
-                spare._staging = tempfile.mkdtemp(prefix="ctxfold-sbx-in-", dir=host_temp_dir())
+                spare._staging = spare._staging_dir()
             if cancelled.is_set():
                 raise SandboxError("the spare is no longer wanted")
             spare._worker = spare._open_worker()
