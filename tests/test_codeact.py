@@ -29,7 +29,7 @@ from ctxfold.bench.codeact import (
 from ctxfold.bench.tool_methods import _write_corpus
 from ctxfold.errors import CtxfoldError
 from ctxfold.models import Message, ScriptedModel
-from ctxfold.rlm import Result
+from ctxfold.result import Result
 from ctxfold.tools import Tool, corpus_tools
 from ctxfold.trace import ToolCall
 

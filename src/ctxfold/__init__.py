@@ -10,6 +10,7 @@ runs in a sandboxed REPL holding the input, and by delegating reading to sub-LLM
 
 from ctxfold import models, tools
 from ctxfold.budget import Budget
+from ctxfold.citations import Citation
 from ctxfold.errors import (
     BudgetError,
     ContextError,
@@ -21,7 +22,9 @@ from ctxfold.errors import (
     SandboxError,
     UntrustedSpecError,
 )
-from ctxfold.rlm import RLM, Result, __version__
+from ctxfold.result import Result
+from ctxfold.rlm import RLM, __version__
+from ctxfold.session import Session
 from ctxfold.trace import Trace
 from ctxfold.usage import CallStats, Usage
 
@@ -30,6 +33,7 @@ __all__ = [
     "Budget",
     "BudgetError",
     "CallStats",
+    "Citation",
     "ContextError",
     "CtxfoldError",
     "LocalModelError",
@@ -38,6 +42,7 @@ __all__ = [
     "ModelSpecError",
     "Result",
     "SandboxError",
+    "Session",
     "Trace",
     "UntrustedSpecError",
     "Usage",

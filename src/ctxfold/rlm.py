@@ -10,11 +10,12 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from ctxfold.budget import Budget, budget_from_dict
+from ctxfold.citations import resolve
 from ctxfold.context import PreparedContext, prepare_contexts
 from ctxfold.engine import (
     Engine,
@@ -27,6 +28,7 @@ from ctxfold.engine import (
 from ctxfold.errors import ContextError, CtxfoldError, UntrustedSpecError, quoted
 from ctxfold.models import CHARS_PER_TOKEN, Model, foreign_endpoint, resolve_model
 from ctxfold.prompts import PROFILES, profile_for
+from ctxfold.result import Result
 from ctxfold.sandbox import (
     ContextSpec,
     ProcessSandbox,
@@ -36,6 +38,8 @@ from ctxfold.sandbox import (
     make_sandbox,
     remove_soon,
 )
+from ctxfold.schema import AnswerSchema
+from ctxfold.session import Session, SessionParts
 from ctxfold.tools import DEFAULT_TURNS, as_tools
 from ctxfold.trace import RunEnd, RunResume, RunStart, Trace
 from ctxfold.usage import Usage
@@ -105,24 +109,6 @@ def _trusted_spec(recorded: str, given: str | Model | None, what: str, trust: bo
     return recorded
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
-    """The outcome of :meth:`RLM.run`.
-
-    ``ready`` is true when the model declared its answer final; false when a budget (or an error)
-    ended the run, in which case ``answer`` is the best answer so far. ``stop_reason`` says why
-    the run ended: ``"ready"``, the name of the spent budget, ``"max_errors"``, ``"error: ..."``.
-    """
-
-    answer: str
-    ready: bool
-    usage: Usage
-    trace: Trace
-    stop_reason: str
-    iterations: int
-    seconds: float
-
-
 class RLM:
     """A Recursive Language Model: a root model that works on ``context`` through code.
 
@@ -143,6 +129,10 @@ class RLM:
         tool_turns: tool calls allowed per sub-call before the sub-LLM must answer.
         extension: advanced: a :class:`ctxfold.engine.Extension` that changes what the root model
             is told and what its code can call on the host (the bench's CodeAct baseline is one).
+        compact_at: when the root conversation passes this fraction of the root model's window
+            (of 200,000 characters when the window is unknown), its older turns are replaced by
+            notes the root model writes of them; the REPL keeps the whole conversation as
+            ``history``. ``None``: never (old outputs are then only elided).
     """
 
     def __init__(
@@ -159,6 +149,7 @@ class RLM:
         tools: Sequence[Any] | None = None,
         tool_turns: int = DEFAULT_TURNS,
         extension: Extension | None = None,
+        compact_at: float | None = 0.5,
     ) -> None:
         if budget is not None and not isinstance(budget, Budget):
             raise CtxfoldError(f"budget must be a ctxfold.Budget, got {type(budget).__name__}")
@@ -179,7 +170,15 @@ class RLM:
             self._models[name] = self._resolve(spec)
         self._sandbox = sandbox
         make_sandbox(sandbox) if isinstance(sandbox, str) else None  # validate the spec early
-        self._options = self._engine_options(concurrency, output_limit, prompt_profile)
+        if compact_at is not None and (
+            not isinstance(compact_at, int | float)
+            or isinstance(compact_at, bool)
+            or not 0 < compact_at <= 1
+        ):
+            raise CtxfoldError(
+                f"compact_at must be a fraction in (0, 1] or None, got {compact_at!r}"
+            )
+        self._options = self._engine_options(concurrency, output_limit, prompt_profile, compact_at)
         if not isinstance(tool_turns, int) or isinstance(tool_turns, bool) or tool_turns < 1:
             raise CtxfoldError(f"tool_turns must be a whole number >= 1, got {tool_turns!r}")
         self.tools = as_tools(tools)
@@ -199,18 +198,20 @@ class RLM:
         return model
 
     def _engine_options(
-        self, concurrency: int, output_limit: int | None, profile: str
+        self, concurrency: int, output_limit: int | None, profile: str, compact_at: float | None
     ) -> EngineOptions:
         window = self.model.context_window
         profile = profile_for(profile, self.model.name)
         if output_limit is None:
             output_limit = 8000 if window is None else max(1000, min(8000, window // 2))
-        history = 120_000 if window is None else max(8_000, int(window * CHARS_PER_TOKEN * 0.6))
+        window_chars = 200_000 if window is None else window * CHARS_PER_TOKEN
+        history = max(8_000, int(window_chars * 0.6))
         return EngineOptions(
             concurrency=concurrency,
             output_limit=output_limit,
             prompt_profile=profile,
             history_chars=history,
+            compact_chars=None if compact_at is None else int(window_chars * compact_at),
         )
 
     def _sandbox_factory(self) -> Callable[[], Sandbox]:
@@ -233,15 +234,19 @@ class RLM:
         *,
         contexts: Sequence[Any] | None = None,
         trace: str | os.PathLike[str] | Trace | None = None,
+        schema: Any = None,
     ) -> Result:
         """Answer ``question`` about ``context`` (str, bytes, a file or folder Path, list, dict).
 
         Several inputs go in ``contexts=[...]`` and become ``context_0 ... context_N``.
         ``trace`` is a path to stream the run's events to as JSONL while it runs, or a
-        :class:`Trace` (e.g. one with subscribed listeners) to record into.
+        :class:`Trace` (e.g. one with subscribed listeners) to record into. ``schema`` (a
+        pydantic model class, a plain type such as ``int`` or ``list[str]``, or a JSON-schema
+        dict) asks for a typed answer: ``result.value`` holds it, checked.
         """
         if not isinstance(question, str) or not question.strip():
             raise CtxfoldError("question must be a non-empty string")
+        checked = AnswerSchema.of(schema) if schema is not None else None
         run_trace = trace if isinstance(trace, Trace) else Trace(trace)
         # With a trace file, in-memory inputs are kept beside it until the run ends, so that
         # a run whose host dies can be resumed from the trace.
@@ -260,8 +265,9 @@ class RLM:
                     model_spec=self._model_spec,
                     sub_model_spec=self._sub_model_spec,
                     inputs=[{**c.spec, "shape": c.shape, "preview": c.preview} for c in prepared],
+                    schema=checked.json_schema if checked is not None else None,
                 )
-                result = self._drive(question, prepared, run_trace, start)
+                result = self._drive(question, prepared, run_trace, start, schema=checked)
             if keep is not None:
                 shutil.rmtree(keep, ignore_errors=True)
             return result
@@ -275,6 +281,8 @@ class RLM:
         run_trace: Trace,
         first: RunStart | RunResume,
         replay: ResumeState | None = None,
+        *,
+        schema: AnswerSchema | None = None,
     ) -> Result:
         """Run the top engine (fresh, or replaying a killed run) and wrap up its result."""
         self._keep_warm()
@@ -300,7 +308,7 @@ class RLM:
             if replay is not None:
                 replay.restore_meters(shared)
             try:
-                outcome = Engine(shared).run(question, prepared, replay)
+                outcome = Engine(shared).run(question, prepared, replay, schema=schema)
             except BaseException:
                 shared.cancelled.set()
                 self._end(shared, "", False, "interrupted")
@@ -314,6 +322,8 @@ class RLM:
                 stop_reason=outcome.stop_reason,
                 iterations=outcome.turns,
                 seconds=run_trace.elapsed(),
+                value=outcome.value,
+                citations=tuple(resolve(outcome.sources, prepared)),
             )
         finally:
             for sandbox in unused:  # made, but the run ended before it started
@@ -345,24 +355,105 @@ class RLM:
             state = load_resume_state(trace)
             start = state.start
             prepared = _recorded_inputs(start)  # checked before any model is made
-            root = _trusted_spec(start.model_spec, model, "model", trust_trace)
-            sub = sub_model
-            if sub is None and start.sub_model_spec:
-                sub = _trusted_spec(start.sub_model_spec, None, "sub_model", trust_trace)
-            rlm = cls(
-                root,
-                sub,
-                budget=budget or budget_from_dict(start.budget),
-                **options,
-            )
+            rlm = cls._for_trace(start, model, sub_model, budget, trust_trace, options)
             with rlm:
+                if start.session:  # a session's question: its earlier questions are replayed
+                    with rlm._resumed_session(state, prepared, trace, path, budget) as session:
+                        assert session.resumed is not None
+                        return session.resumed
+                schema = AnswerSchema.of(start.schema) if start.schema is not None else None
                 result = rlm._drive(
-                    start.question, prepared, trace, RunResume(turns=len(state.turns)), state
+                    start.question,
+                    prepared,
+                    trace,
+                    RunResume(turns=len(state.turns)),
+                    state,
+                    schema=schema,
                 )
             shutil.rmtree(f"{path}.inputs", ignore_errors=True)
             return result
         finally:
             trace.close()
+
+    @classmethod
+    def resume_session(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        model: str | Model | None = None,
+        sub_model: str | Model | None = None,
+        budget: Budget | None = None,
+        trust_trace: bool = False,
+        **options: Any,
+    ) -> Session:
+        """Continue a session whose host died, from its trace (see :meth:`resume`): the
+        finished questions' cells run again with their recorded sub-call answers, so the REPL
+        holds what it held; the interrupted question is finished (``session.resumed`` is its
+        result); the session stays open for more questions, appending to the same trace. It
+        owns the RLM made for it: closing the session closes that too."""
+        trace = Trace.reopen(path)
+        try:
+            state = load_resume_state(trace)
+            if not state.start.session:
+                raise CtxfoldError("that trace is of a single run, not a session: use resume()")
+            prepared = _recorded_inputs(state.start)
+            rlm = cls._for_trace(state.start, model, sub_model, budget, trust_trace, options)
+        except BaseException:
+            trace.close()
+            raise
+        try:
+            return rlm._resumed_session(state, prepared, trace, path, budget, owner=rlm)
+        except BaseException:
+            rlm.close()
+            raise
+
+    @classmethod
+    def _for_trace(
+        cls,
+        start: RunStart,
+        model: str | Model | None,
+        sub_model: str | Model | None,
+        budget: Budget | None,
+        trust_trace: bool,
+        options: dict[str, Any],
+    ) -> RLM:
+        root = _trusted_spec(start.model_spec, model, "model", trust_trace)
+        sub = sub_model
+        if sub is None and start.sub_model_spec:
+            sub = _trusted_spec(start.sub_model_spec, None, "sub_model", trust_trace)
+        return cls(root, sub, budget=budget or budget_from_dict(start.budget), **options)
+
+    def _resumed_session(
+        self,
+        state: ResumeState,
+        prepared: list[PreparedContext],
+        trace: Trace,
+        path: str | os.PathLike[str],
+        budget: Budget | None,
+        owner: RLM | None = None,
+    ) -> Session:
+        workdir = Path(f"{path}.inputs")
+
+        def closed() -> None:
+            shutil.rmtree(workdir, ignore_errors=True)
+            if owner is not None:
+                owner.close()
+
+        self._keep_warm()
+        session = Session(
+            self._session_parts(),
+            inputs=prepared,
+            workdir=workdir,
+            trace=trace,
+            on_close=closed,
+            session_id=state.start.session,
+        )
+        try:
+            session.resume(state, budget)
+        except BaseException:
+            session.close()
+            raise
+        return session
 
     def _end(self, shared: RunShared, answer: str, ready: bool, reason: str) -> Usage:
         usage = shared.usage.snapshot()
@@ -378,6 +469,55 @@ class RLM:
         )
         return usage
 
+    def session(
+        self,
+        context: Any = None,
+        *,
+        contexts: Sequence[Any] | None = None,
+        trace: str | os.PathLike[str] | Trace | None = None,
+        session_budget: Budget | None = None,
+    ) -> Session:
+        """Start a conversation about ``context`` (or ``contexts=[...]``): one sandbox loads
+        the inputs once and keeps its variables from question to question.
+
+        ``session.ask(question)`` answers in turn; ``session.close()`` (or ``with``) ends it.
+        Each question has this RLM's budget (or the one given to ``ask``), capped by what is
+        left of ``session_budget``. ``trace``: a path to stream every question's events to.
+        """
+        self._keep_warm()
+        session_trace = trace if isinstance(trace, Trace) else Trace(trace)
+        keep = None if trace is None or isinstance(trace, Trace) else Path(f"{trace}.inputs")
+        workdir = keep or Path(tempfile.mkdtemp(prefix="ctxfold-in-", dir=host_temp_dir()))
+        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            return Session(
+                self._session_parts(),
+                inputs=prepare_contexts(context, contexts, workdir=workdir),
+                workdir=workdir,
+                trace=session_trace,
+                session_budget=session_budget,
+                on_close=lambda: remove_soon(str(workdir)),
+            )
+        except BaseException:
+            session_trace.close()
+            remove_soon(str(workdir))
+            raise
+
+    def _session_parts(self) -> SessionParts:
+        return SessionParts(
+            root_model=self.model,
+            sub_model=self.sub_model,
+            models=self._models,
+            budget=self.budget,
+            options=self._options,
+            make_sandbox=self._sandbox_factory(),
+            tools=self.tools,
+            tool_turns=self._tool_turns,
+            version=__version__,
+            model_spec=self._model_spec,
+            sub_model_spec=self._sub_model_spec,
+        )
+
     async def arun(
         self,
         question: str,
@@ -385,9 +525,12 @@ class RLM:
         *,
         contexts: Sequence[Any] | None = None,
         trace: str | os.PathLike[str] | Trace | None = None,
+        schema: Any = None,
     ) -> Result:
         """Like :meth:`run`, for asyncio code (the run happens in a worker thread)."""
-        return await asyncio.to_thread(self.run, question, context, contexts=contexts, trace=trace)
+        return await asyncio.to_thread(
+            self.run, question, context, contexts=contexts, trace=trace, schema=schema
+        )
 
     def _keep_warm(self) -> None:
         """From the first run until :meth:`close` (or until this object is collected), a started

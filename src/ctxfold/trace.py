@@ -50,6 +50,22 @@ class RunStart(Event):
     model_spec: str = ""
     sub_model_spec: str = ""
     inputs: list[dict[str, Any]] = field(default_factory=list)
+    schema: dict[str, Any] | None = None  # the JSON schema of a typed answer
+    # A session's questions are runs of one trace: its id, and the question's number from 0.
+    session: str = ""
+    index: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Compaction(Event):
+    """The root conversation passed the compaction threshold: the turns before the last
+    exchange were replaced by ``summary``, notes the root model wrote of them."""
+
+    type: ClassVar[str] = "compaction"
+    turn: int
+    before_chars: int
+    after_chars: int
+    summary: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -208,6 +224,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         Guard,
         WorkerRestart,
         BudgetStop,
+        Compaction,
         RunEnd,
     )
 }

@@ -22,7 +22,8 @@ from ctxfold.bench._types import Instance
 from ctxfold.budget import Budget
 from ctxfold.errors import ModelError
 from ctxfold.models import Message, Model, TokenUsage, count_tokens
-from ctxfold.rlm import RLM, Result
+from ctxfold.result import Result
+from ctxfold.rlm import RLM
 from ctxfold.trace import Feedback, RootResponse, Trace
 
 _CONTEXT_REFUSAL = re.compile(r"context (size|length|window)|too many tokens|too long", re.I)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ctxfold.errors import CtxfoldError
 
 if TYPE_CHECKING:
-    from ctxfold.rlm import Result
+    from ctxfold.result import Result
 
 EXIT_USAGE = 2
 
@@ -45,9 +46,37 @@ def read_contexts(paths: list[str]) -> list[Any]:
     return contexts
 
 
-def print_result(result: Result, *, as_json: bool, quiet: bool) -> None:
-    """The answer on stdout (or the whole result as JSON); a note on stderr when a budget, not
-    the model, ended the run."""
+def read_schema(path: str) -> dict[str, Any]:
+    """A JSON-schema file's contents (checked when the run starts)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CtxfoldError(f"cannot read the schema file {path!r}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise CtxfoldError(f"the schema file {path!r} is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CtxfoldError(f"the schema file {path!r} must hold a JSON object (a JSON schema)")
+    return data
+
+
+def format_sources(result: Result) -> str:
+    """The answer's sources, one block each: where (``path:line`` or ``context[a:b]``) and the
+    quote, indented; or a line saying there are none."""
+    if not result.citations:
+        return "\nSources: none cited."
+    blocks = ["", "Sources:"]
+    for number, citation in enumerate(result.citations, 1):
+        quote = citation.quote.rstrip("\n")
+        shown = "\n".join(f"     {one_line(line)}" for line in quote.splitlines()[:20])
+        more = quote.count("\n") - 19
+        blocks.append(f"  [{number}] {one_line(citation.where)}")
+        blocks.append(shown + (f"\n     ... ({more} more lines)" if more > 0 else ""))
+    return "\n".join(blocks)
+
+
+def print_result(result: Result, *, as_json: bool, quiet: bool, cite: bool = False) -> None:
+    """The answer on stdout (or the whole result as JSON), then its sources with ``cite``; a
+    note on stderr when a budget, not the model, ended the run."""
     if as_json:
         payload = {
             "answer": result.answer,
@@ -56,10 +85,17 @@ def print_result(result: Result, *, as_json: bool, quiet: bool) -> None:
             "iterations": result.iterations,
             "seconds": round(result.seconds, 3),
             "usage": result.usage.to_dict(),
+            "citations": [
+                {k: v for k, v in asdict(c).items() if v is not None} for c in result.citations
+            ],
         }
+        if result.value is not None:
+            payload["value"] = json.loads(result.answer)
         print(json.dumps(payload, ensure_ascii=False))
     else:
         print(result.answer)
+        if cite:
+            print(format_sources(result))
     if not result.ready and not quiet:
         print(
             f"ctxfold: the run ended before the model was done ({result.stop_reason}); "

@@ -15,9 +15,17 @@ from ctxfold.engine._run import EngineOptions, RunShared  # isort: skip
 from ctxfold.engine._code import extract_code
 from ctxfold.engine._extension import Extension
 from ctxfold.engine._loop import Engine, Outcome
-from ctxfold.engine._resume import ReplayHandler, ResumeState, TurnRecord, load_resume_state
+from ctxfold.engine._resume import (
+    AskedRecord,
+    ReplayHandler,
+    ResumeState,
+    TurnRecord,
+    load_resume_state,
+)
+from ctxfold.engine._workspace import Workspace
 
 __all__ = [
+    "AskedRecord",
     "Engine",
     "EngineOptions",
     "Extension",
@@ -26,6 +34,7 @@ __all__ = [
     "ResumeState",
     "RunShared",
     "TurnRecord",
+    "Workspace",
     "extract_code",
     "load_resume_state",
 ]

@@ -6,11 +6,10 @@ the output back, stop when ``answer["ready"]`` or a budget ends. Each step is a 
 
 from __future__ import annotations
 
+import json
 import tempfile
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +19,17 @@ from ctxfold.context import PreparedContext, prepare_contexts, shown_names
 from ctxfold.engine._code import extract_code
 from ctxfold.engine._resume import ReplayHandler, ResumeState
 from ctxfold.engine._run import RunShared
+from ctxfold.engine._workspace import Workspace
 from ctxfold.errors import CtxfoldError
 from ctxfold.models import CHARS_PER_TOKEN, Message
-from ctxfold.sandbox import AnswerState, Sandbox, SetupSandbox, SubcallHandler, host_temp_dir
+from ctxfold.sandbox import AnswerState, Sandbox, SourceSpan, host_temp_dir
+from ctxfold.schema import AnswerSchema, SchemaMismatch, candidate
 from ctxfold.tools import root_tools_note
 from ctxfold.trace import (
     AnswerUpdate,
     BudgetStop,
     Cell,
+    Compaction,
     Feedback,
     Guard,
     RootRequest,
@@ -36,6 +38,7 @@ from ctxfold.trace import (
 )
 
 _UNSET_READY = 'answer["ready"] = False'
+_NOTES_CHARS = 1000  # about what the root model's notes of compacted turns take
 _SHARED_LIMITS = ("tokens", "usd", "seconds", "sub_calls")  # one meter for the whole run
 
 
@@ -53,6 +56,8 @@ class Outcome:
         str  # "ready", a budget name ("iterations", "tokens", ...), "max_errors", "error: ..."
     )
     turns: int
+    value: Any = None  # the checked value of a typed answer (``schema=``), else None
+    sources: tuple[SourceSpan, ...] = ()  # the spans of answer["sources"], unchecked
 
 
 @dataclass(slots=True)
@@ -69,33 +74,8 @@ class _Loop:
     consecutive_errors: int = 0
     stop_reason: str | None = None
     cells_run: dict[str, int] = field(default_factory=dict)  # normalised code -> turn it ran
-
-
-class _Starting:
-    """A start-up step running on a helper thread; :meth:`wait` re-raises its error."""
-
-    def __init__(self, step: Callable[[], None]) -> None:
-        self._step = step
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="ctxfold-sandbox-start", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._step()
-        except BaseException as exc:  # handed to the engine's thread by wait()
-            self._error = exc
-
-    def wait(self) -> None:
-        """Block until the step is done; raise its error (once) if it failed."""
-        self._thread.join()
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
-
-    def join(self) -> None:
-        """Block until the step is done, raising nothing."""
-        self._thread.join()
+    transcript: list[Message] = field(default_factory=list)  # every message, never trimmed
+    value: Any = None  # the checked value of the ready answer
 
 
 class Engine:
@@ -105,67 +85,99 @@ class Engine:
         self._shared = shared
         self._depth = depth
         self._profile = prompts.profile(shared.options.prompt_profile)
+        self._schema: AnswerSchema | None = None
+        self._workspace: Workspace | None = None
 
     def run(
-        self, question: str, contexts: list[PreparedContext], replay: ResumeState | None = None
+        self,
+        question: str,
+        contexts: list[PreparedContext],
+        replay: ResumeState | None = None,
+        *,
+        schema: AnswerSchema | None = None,
     ) -> Outcome:
-        """Answer ``question`` over prepared ``contexts``; always closes its sandbox.
-
-        With ``replay``, the recorded turns of a killed run are replayed first (see _resume.py).
-        """
-        sandbox = SetupSandbox(self._shared.make_sandbox())
+        """Answer ``question`` over prepared ``contexts`` in a workspace of its own, closed at
+        the end. With ``replay``, the recorded turns of a killed run are replayed first (see
+        _resume.py)."""
+        workspace = self.open_workspace(contexts, question)
         broker = Broker(self._shared, self._depth, self._run_child)
         handler = broker.handle if replay is None else ReplayHandler(replay.answers, broker.handle)
-        # The sandbox starts while the first root call is made: neither waits for the other.
-        starting = _Starting(lambda: self._start_sandbox(sandbox, handler, contexts, question))
+        workspace.route(handler)
         try:
-            loop = self._first_messages(question, contexts)
-            if replay is not None:
-                starting.wait()
-                self._replay(sandbox, loop, replay)
-            while loop.stop_reason is None:
-                loop.stop_reason = self._budget_stop(loop)
-                if loop.stop_reason:
-                    break
-                reply = self._ask_root(loop)
-                if reply is None:
-                    break
-                starting.wait()
-                self._run_reply(sandbox, reply, loop)
-            return self._finish(loop)
+            return self.answer(workspace, question, contexts, replay=replay, schema=schema)
         finally:
-            starting.join()
+            workspace.close()
             broker.close()
-            sandbox.close()
+
+    def ask(
+        self,
+        workspace: Workspace,
+        question: str,
+        contexts: list[PreparedContext],
+        *,
+        schema: AnswerSchema | None = None,
+        earlier: str = "",
+        replay: ResumeState | None = None,
+    ) -> Outcome:
+        """Answer one question of a session in its open ``workspace``, whose sub-calls come to
+        this run's broker meanwhile (with ``replay``, from the trace first)."""
+        broker = Broker(self._shared, self._depth, self._run_child)
+        handler = broker.handle if replay is None else ReplayHandler(replay.answers, broker.handle)
+        workspace.route(handler)
+        try:
+            return self.answer(
+                workspace, question, contexts, schema=schema, earlier=earlier, replay=replay
+            )
+        finally:
+            workspace.route(None)
+            broker.close()
+
+    def open_workspace(self, contexts: list[PreparedContext], question: str) -> Workspace:
+        """A workspace for these inputs, starting in the background while the first root call
+        is made: neither waits for the other."""
+        shared = self._shared
+        workspace = Workspace(shared.make_sandbox(), cell_seconds=shared.budget.cell_seconds)
+        extension = shared.options.extension
+        setup = extension.setup_code() if extension is not None else None
+        cells = [(setup, "the extension's set-up")] if setup else []
+        # ``question`` in the REPL: code can search for its words without copying them (small
+        # models copy the wrong text).
+        cells.append((f"question = {question!r}", "the question"))
+        workspace.start(contexts, output_limit=shared.options.output_limit, setup=cells)
+        return workspace
+
+    def answer(
+        self,
+        workspace: Workspace,
+        question: str,
+        contexts: list[PreparedContext],
+        *,
+        replay: ResumeState | None = None,
+        schema: AnswerSchema | None = None,
+        earlier: str = "",
+    ) -> Outcome:
+        """The root loop for one question in ``workspace`` (which stays open). ``earlier``: what
+        the root model is told of earlier questions of a session."""
+        self._schema = schema
+        self._workspace = workspace
+        loop = self._first_messages(question, contexts, earlier)
+        if replay is not None:
+            self._replay(workspace.ready(), loop, replay)
+        while loop.stop_reason is None:
+            loop.stop_reason = self._budget_stop(loop)
+            if loop.stop_reason:
+                break
+            reply = self._ask_root(loop)
+            if reply is None:
+                break
+            self._run_reply(workspace.ready(), reply, loop)
+        return self._finish(loop)
 
     # -- steps -------------------------------------------------------------------------------
 
-    def _start_sandbox(
-        self,
-        sandbox: SetupSandbox,
-        handler: SubcallHandler,
-        contexts: list[PreparedContext],
-        question: str,
-    ) -> None:
-        """Start the sandbox with its set-up cells (run again after every worker restart)."""
-        extension = self._shared.options.extension
-        setup = extension.setup_code() if extension is not None else None
-        if setup:  # e.g. functions the extension answers on the host
-            sandbox.add(setup, what="the extension's set-up", timeout=60)
-        # ``question`` in the REPL: code can search for its words without copying them (small
-        # models copy the wrong text).
-        sandbox.add(
-            f"question = {question!r}",
-            what="the question",
-            timeout=self._shared.budget.cell_seconds,
-        )
-        sandbox.start(
-            [c.spec for c in contexts],
-            handler,
-            output_limit=self._shared.options.output_limit,
-        )
-
-    def _first_messages(self, question: str, contexts: list[PreparedContext]) -> _Loop:
+    def _first_messages(
+        self, question: str, contexts: list[PreparedContext], earlier: str = ""
+    ) -> _Loop:
         """The conversation the root model starts from, as its profile (or an extension) words
         it: the question stays the last thing it reads."""
         opts, sub, profile = self._shared.options, self._shared.sub_model, self._profile
@@ -188,13 +200,24 @@ class Engine:
             sub_window=(sub.context_window or 32_000) * CHARS_PER_TOKEN,
             sub_calls=sub_calls,
             tools_note=root_tools_note(self._shared.tools) if sub_calls else "",
+            answer_note=self._answer_note(contexts),
         )
         demo = ext.demonstration(profile.name) if ext is not None else None
         if demo is None:
             demo = prompts.demonstration(profile.name, question=question, sub_calls=sub_calls)
         inputs = [(n, c.description) for n, c in zip(names, contexts, strict=True)]
-        messages = profile.first_messages(question, inputs, system=system, demonstration=demo)
-        return _Loop(messages=messages, prefix_len=len(messages))
+        messages = profile.first_messages(
+            question, inputs, system=system, demonstration=demo, earlier=earlier
+        )
+        return _Loop(messages=messages, prefix_len=len(messages), transcript=list(messages))
+
+    def _answer_note(self, contexts: list[PreparedContext]) -> str:
+        kind = contexts[0].kind if contexts else ""
+        cite = {"text_file": "chars", "folder": "lines"}.get(kind)
+        if not self._profile.asks_for_citations:
+            cite = None
+        schema = self._schema.shown() if self._schema is not None else None
+        return prompts.answer_note(schema=schema, cite=cite)
 
     def _budget_stop(self, loop: _Loop) -> str | None:
         spent = self._shared.meter.exhausted() if self._depth == 0 else self._child_spent(loop)
@@ -260,6 +283,7 @@ class Engine:
         ``replayed``: the first blocks already ran and were traced before a resume; they run
         again to rebuild the REPL, without being traced twice."""
         loop.messages.append({"role": "assistant", "content": reply})
+        loop.transcript.append(loop.messages[-1])
         blocks = extract_code(reply)
         if not blocks:
             self._guard(loop, "no code in the reply")
@@ -282,6 +306,8 @@ class Engine:
             if cell.answer.ready and not (loop.seen_output or loop.ready_refused):
                 self._refuse_ready(sandbox, loop, cell)
                 loop.cells_run.pop(_code_key(code), None)  # sending it again is the confirmation
+            if cell.answer.ready and self._schema is not None:
+                self._check_schema(sandbox, loop, cell, self._schema)
             if cell.answer.ready or self._too_many_errors(loop, cell):
                 break
         if loop.answer.ready:
@@ -303,6 +329,7 @@ class Engine:
     def _tell(self, loop: _Loop, content: str) -> None:
         """Send the root model a user message after its turn (recorded for resume)."""
         loop.messages.append({"role": "user", "content": content})
+        loop.transcript.append(loop.messages[-1])
         self._shared.emit(
             Feedback(t=self._now(), depth=self._depth, turn=loop.turn, content=content)
         )
@@ -372,11 +399,25 @@ class Engine:
         """``ready`` set before the model has seen any output: undo it and say why."""
         sandbox.execute(_UNSET_READY, timeout=self._shared.budget.cell_seconds)
         loop.ready_refused = True
-        loop.answer = AnswerState(content=loop.answer.content, ready=False)
+        loop.answer = replace(loop.answer, ready=False)
         cell.answer = loop.answer
         cell.answer_changed = True
         self._guard(loop, "ready refused: no output seen yet")
         cell.stderr += self._profile.ready_refused()
+
+    def _check_schema(self, sandbox: Sandbox, loop: _Loop, cell: Any, schema: AnswerSchema) -> None:
+        """A ready answer must fit the schema: if it does not, undo ``ready`` and say why."""
+        try:
+            loop.value = schema.check(candidate(cell.answer.content, cell.answer.value))
+            return
+        except SchemaMismatch as exc:
+            errors = str(exc)
+        sandbox.execute(_UNSET_READY, timeout=self._shared.budget.cell_seconds)
+        loop.answer = replace(loop.answer, ready=False)
+        cell.answer = loop.answer
+        cell.answer_changed = True
+        self._guard(loop, "answer does not fit the schema")
+        cell.stderr += self._profile.schema_mismatch(errors)
 
     def _too_many_errors(self, loop: _Loop, cell: Any) -> bool:
         loop.consecutive_errors = loop.consecutive_errors + 1 if cell.error else 0
@@ -388,10 +429,14 @@ class Engine:
 
     def _finish(self, loop: _Loop) -> Outcome:
         reason = loop.stop_reason or "iterations"
+        sources = loop.answer.sources
         if loop.answer.ready:
-            return Outcome(loop.answer.content, True, reason, loop.turn)
+            content = loop.answer.content
+            if self._schema is not None:  # the text form of a typed answer is its JSON
+                content = json.dumps(self._schema.as_json(loop.value), ensure_ascii=False)
+            return Outcome(content, True, reason, loop.turn, loop.value, sources)
         content = loop.answer.content or loop.best or self._last_word(loop, reason)
-        return Outcome(content, False, reason, loop.turn)
+        return Outcome(content, False, reason, loop.turn, None, sources)
 
     def _last_word(self, loop: _Loop, reason: str) -> str:
         """No answer when the budget ended: one last root call asks for the best answer."""
@@ -429,13 +474,17 @@ class Engine:
         return outcome.answer
 
     def _trim_history(self, loop: _Loop) -> int:
-        """Keep the conversation under ``history_chars``: old outputs first, then old turns.
+        """Keep the conversation under ``history_chars``: compact it past ``compact_chars``
+        (see :meth:`_compact`), then elide old outputs, then drop old turns.
 
         Returns the conversation's size in characters after trimming.
         """
         limit = self._shared.options.history_chars
         msgs = loop.messages
         size = sum(len(m["content"]) for m in msgs)  # kept up to date below, not recounted
+        compact_at = self._shared.options.compact_chars
+        if compact_at is not None and size > compact_at:
+            size = self._compact(loop, size)
         keep_tail = 4  # the last two exchanges stay whole
         i = loop.prefix_len
         while size > limit and i < len(msgs) - keep_tail:
@@ -448,6 +497,48 @@ class Engine:
             size -= sum(len(m["content"]) for m in msgs[loop.prefix_len : loop.prefix_len + 2])
             del msgs[loop.prefix_len : loop.prefix_len + 2]
         return size
+
+    def _compact(self, loop: _Loop, size: int) -> int:
+        """Replace the turns after the first messages, but the last exchange, by notes the root
+        model writes of them; the REPL's ``history`` gets the whole conversation. On failure
+        nothing changes (trimming follows). Returns the new size."""
+        keep_tail = 2
+        if len(loop.messages) - loop.prefix_len <= keep_tail + 2 or self._workspace is None:
+            return size
+        kept = sum(
+            len(m["content"])
+            for m in [*loop.messages[: loop.prefix_len], *loop.messages[-keep_tail:]]
+        )
+        threshold = self._shared.options.compact_chars or size
+        if kept + _NOTES_CHARS > threshold // 2:  # it would soon be due again: trimming is cheaper
+            return size
+        request = f"{loop.messages[-1]['content']}\n\n{self._profile.compaction_request()}"
+        messages: list[Message] = [*loop.messages[:-1], {"role": "user", "content": request}]
+        try:
+            completion = self._shared.root_model.complete(messages, **self._shared.call_options())
+            self._workspace.define("history", loop.transcript)
+        except CtxfoldError:
+            return size
+        self._shared.account(
+            root=True, depth=self._depth, model=self._shared.root_model.name, usage=completion.usage
+        )
+        summary = completion.text.strip()
+        if not summary:
+            return size
+        tail = loop.messages[-keep_tail:]
+        loop.messages[loop.prefix_len :] = [*self._profile.compacted(summary), *tail]
+        after = sum(len(m["content"]) for m in loop.messages)
+        self._shared.emit(
+            Compaction(
+                t=self._now(),
+                depth=self._depth,
+                turn=loop.turn,
+                before_chars=size,
+                after_chars=after,
+                summary=summary,
+            )
+        )
+        return after
 
     def _turns_left(self, loop: _Loop) -> int:
         return self._shared.budget.iterations - loop.turn

@@ -8,6 +8,7 @@ was already answered), restores the budget meters, and goes on from the last com
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from ctxfold.sandbox import AnswerState, SubcallHandler, SubcallRequest
 from ctxfold.trace import (
     AnswerUpdate,
     Cell,
+    Event,
     Feedback,
     RootResponse,
     RunEnd,
@@ -43,8 +45,20 @@ class TurnRecord:
 
 
 @dataclass(slots=True)
+class AskedRecord:
+    """An earlier, finished question of a session, as its trace recorded it: enough to run its
+    cells again (with their recorded sub-call answers) and to tell later questions about it."""
+
+    start: RunStart
+    cells: list[str]  # the top run's cells, in order
+    answers: dict[str, deque[str]]  # request key -> recorded answers, oldest first
+    updates: list[tuple[str, bool]]  # every (content, ready) the answer went through
+    end: RunEnd | None
+
+
+@dataclass(slots=True)
 class ResumeState:
-    """What a resumed run starts from."""
+    """What a resumed run starts from (for a session: its unfinished question)."""
 
     start: RunStart
     turns: list[TurnRecord]  # completed turns, in order
@@ -53,13 +67,15 @@ class ResumeState:
     best: str
     answers: dict[str, deque[str]]  # request key -> recorded answers, oldest first
     trace: Trace
+    events: list[Event] = field(default_factory=list)  # this question's events
+    earlier: list[AskedRecord] = field(default_factory=list)  # a session's finished questions
 
     def restore_meters(self, shared: RunShared) -> None:
         """Count what the recorded part of the run spent, in usage and against the budget, and
-        number new sub-calls after the recorded ones."""
+        number new sub-calls after the recorded ones (of the whole trace)."""
         ids = [e.call_id for e in self.trace if isinstance(e, SubcallStart | SubcallEnd | ToolCall)]
         shared.continue_ids(max(ids, default=-1) + 1)
-        for event in self.trace:
+        for event in self.events:
             if isinstance(event, RootResponse):
                 usage = TokenUsage(event.input_tokens, event.output_tokens)
                 shared.account(root=True, depth=event.depth, model=event.model, usage=usage)
@@ -74,18 +90,51 @@ class ResumeState:
 
 
 def load_resume_state(trace: Trace) -> ResumeState:
-    """Read what a resumed run needs from a loaded trace. Raises :class:`CtxfoldError`."""
-    starts = trace.of_type(RunStart)
-    if not starts:
+    """Read what a resumed run needs from a loaded trace. Raises :class:`CtxfoldError`.
+
+    A session's trace holds one run per question: the last one is resumed, the finished ones
+    before it come back as :attr:`ResumeState.earlier`."""
+    events = list(trace)
+    bounds = [i for i, e in enumerate(events) if isinstance(e, RunStart)]
+    if not bounds:
         raise CtxfoldError("the trace has no run_start event: not a ctxfold run trace")
-    ends = [e for e in trace.of_type(RunEnd) if e.stop_reason != "interrupted"]
-    if ends:
+    last = events[bounds[-1] :]
+    if any(isinstance(e, RunEnd) and e.stop_reason != "interrupted" for e in last):
         raise CtxfoldError("that run already ended; there is nothing to resume")
-    turns: dict[int, TurnRecord] = {}
-    answer, best = AnswerState(), ""
+    earlier = [_asked(events[a:b]) for a, b in itertools.pairwise(bounds)]
+    start = events[bounds[-1]]
+    assert isinstance(start, RunStart)
+    state = _unfinished(start, last, trace)
+    state.earlier = earlier
+    return state
+
+
+def _asked(events: list[Event]) -> AskedRecord:
+    start = events[0]
+    assert isinstance(start, RunStart)
+    cells = [e.code for e in events if isinstance(e, Cell) and e.depth == 0]
+    updates = [(e.content, e.ready) for e in events if isinstance(e, AnswerUpdate) and e.depth == 0]
+    ends = [e for e in events if isinstance(e, RunEnd)]
+    return AskedRecord(start, cells, _subcall_answers(events), updates, ends[-1] if ends else None)
+
+
+def _subcall_answers(events: list[Event]) -> dict[str, deque[str]]:
     keys: dict[int, str] = {}
     answers: dict[str, deque[str]] = defaultdict(deque)
-    for event in trace:
+    for event in events:
+        if event.depth == 1 and isinstance(event, SubcallStart):
+            keys[event.call_id] = event.key
+        elif event.depth == 1 and isinstance(event, SubcallEnd) and event.error is None:
+            key = keys.get(event.call_id)
+            if key:
+                answers[key].append(event.response)
+    return answers
+
+
+def _unfinished(start: RunStart, events: list[Event], trace: Trace) -> ResumeState:
+    turns: dict[int, TurnRecord] = {}
+    answer, best = AnswerState(), ""
+    for event in events:
         if event.depth == 0 and isinstance(event, RootResponse):
             turns[event.turn] = TurnRecord(turn=event.turn, reply=event.text)
         elif event.depth == 0 and isinstance(event, Cell) and event.turn in turns:
@@ -96,16 +145,11 @@ def load_resume_state(trace: Trace) -> ResumeState:
         elif event.depth == 0 and isinstance(event, AnswerUpdate):
             answer = AnswerState(event.content, event.ready)
             best = event.content or best
-        elif event.depth == 1 and isinstance(event, SubcallStart):
-            keys[event.call_id] = event.key
-        elif event.depth == 1 and isinstance(event, SubcallEnd) and event.error is None:
-            key = keys.get(event.call_id)
-            if key:
-                answers[key].append(event.response)
     ordered = [turns[n] for n in sorted(turns)]
     done = [t for t in ordered if t.feedback is not None]
     partial = ordered[-1] if ordered and ordered[-1].feedback is None else None
-    return ResumeState(starts[0], done, partial, answer, best, answers, trace)
+    answers = _subcall_answers(events)
+    return ResumeState(start, done, partial, answer, best, answers, trace, events)
 
 
 class ReplayHandler:

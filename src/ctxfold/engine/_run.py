@@ -25,6 +25,8 @@ class EngineOptions:
     output_limit: int = 8000  # characters of cell output shown to the root model
     prompt_profile: str = "concise"  # "concise" | "small"
     history_chars: int = 120_000  # root conversation is trimmed to about this many characters
+    # past this many characters the root conversation is compacted (None: never)
+    compact_chars: int | None = None
     # What an extension changes in the root conversation (see _extension.py); None: nothing.
     extension: Extension | None = None
 

@@ -21,10 +21,14 @@ class Profile:
     Attributes:
         repeated_code_guard: a reply whose code all ran before is not run again, and the model
             is told so (small models repeat a failed search until the budget ends).
+        asks_for_citations: the system prompt asks for ``cite()`` when the answer states facts
+            from the input. Off for small models: they follow the demonstration, not extra
+            instructions (``NOTES-local-models.md``), and every line costs prefill each turn.
     """
 
     name: str
     repeated_code_guard: bool = False
+    asks_for_citations: bool = True
 
     def first_messages(
         self,
@@ -33,13 +37,15 @@ class Profile:
         *,
         system: str,
         demonstration: Sequence[Message] = (),
+        earlier: str = "",
     ) -> list[Message]:
         """The conversation a run starts from: the system prompt, the demonstration's turns
         (its last message, "Done. New task.", joins the task message), the task message over
-        ``inputs`` (``(name, description)`` pairs) ending with the question."""
+        ``inputs`` (``(name, description)`` pairs) and ``earlier`` questions of a session,
+        ending with the question."""
         from ctxfold.prompts import task_message
 
-        task = task_message(question, list(inputs))
+        task = task_message(question, list(inputs), earlier)
         messages: list[Message] = [{"role": "system", "content": system}]
         if demonstration:
             messages += list(demonstration[:-1])
@@ -63,6 +69,23 @@ class Profile:
         """The last root call's request, when a budget ended the run with no answer."""
         return FINAL_REQUEST.format(reason=reason)
 
+    def schema_mismatch(self, errors: str) -> str:
+        """Added to a cell's stderr when the answer set ready does not fit the schema."""
+        from ctxfold.prompts import SCHEMA_MISMATCH
+
+        return SCHEMA_MISMATCH.format(errors=errors)
+
+    def compaction_request(self) -> str:
+        """Asks the root model to sum up its turns so far (they are then replaced by it)."""
+        return COMPACTION_REQUEST
+
+    def compacted(self, summary: str) -> list[Message]:
+        """The two messages that stand for the compacted turns."""
+        return [
+            {"role": "assistant", "content": f"Notes on my earlier turns:\n{summary}"},
+            {"role": "user", "content": COMPACTED},
+        ]
+
     def ready_refused(self) -> str:
         """Added to a cell's stderr when ``answer["ready"]`` came before any output."""
         return READY_REFUSED
@@ -71,6 +94,17 @@ class Profile:
     def turns_left_note(left: int) -> str:
         return f"\n\n[{left} turns left]" if left <= 3 else ""
 
+
+COMPACTION_REQUEST = (
+    "Your conversation is getting long, so the turns so far will be replaced by your notes. "
+    "Write them now, as plain text without code: what you found (numbers, names, partial "
+    "answers), which REPL variables hold what, what is left to do. Be brief and exact."
+)
+
+COMPACTED = (
+    "Go on from your notes. The full conversation so far is in the REPL as `history` (a list of "
+    '{"role", "content"} dicts) if you need an exact output again.'
+)
 
 NO_CODE = (
     "Your reply had no ```python code block, so nothing ran. Reply with Python code in a "
@@ -98,7 +132,7 @@ ELIDED = "[elided: an older output, to save space]"
 
 PROFILES: dict[str, Profile] = {
     "concise": Profile("concise"),
-    "small": Profile("small", repeated_code_guard=True),
+    "small": Profile("small", repeated_code_guard=True, asks_for_citations=False),
 }
 
 
