@@ -7,7 +7,7 @@ import contextlib
 from typing import Any
 
 from ctxfold.budget import Budget
-from ctxfold.cli._common import print_result, read_contexts
+from ctxfold.cli._common import print_result, read_contexts, read_schema
 
 
 def register(verbs: Any) -> None:
@@ -26,6 +26,15 @@ def register(verbs: Any) -> None:
     ask.add_argument("--trace", default=None, metavar="FILE", help="write the run's JSONL trace")
     ask.add_argument("--max-iterations", type=int, default=30, metavar="N")
     ask.add_argument("--json", action="store_true", help="print the result as JSON")
+    ask.add_argument(
+        "--cite", action="store_true", help="print the answer's sources (where, and the quote)"
+    )
+    ask.add_argument(
+        "--schema",
+        default=None,
+        metavar="FILE",
+        help="a JSON-schema file the answer must fit (a typed answer, printed as JSON)",
+    )
     ask.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     ask.set_defaults(run=run)
 
@@ -36,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from ctxfold.trace import Trace
 
     budget = Budget(iterations=args.max_iterations)
+    schema = read_schema(args.schema) if args.schema else None
     contexts = read_contexts(args.context)
     trace = Trace(args.trace)
     with RLM(model=args.model, sub_model=args.sub_model, budget=budget) as rlm:
@@ -44,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
             trace.subscribe(progress)
         with progress if not args.quiet else contextlib.nullcontext():
             if len(contexts) == 1:
-                result = rlm.run(args.question, contexts[0], trace=trace)
+                result = rlm.run(args.question, contexts[0], trace=trace, schema=schema)
             else:
-                result = rlm.run(args.question, contexts=contexts or None, trace=trace)
-    print_result(result, as_json=args.json, quiet=args.quiet)
+                many = contexts or None
+                result = rlm.run(args.question, contexts=many, trace=trace, schema=schema)
+    print_result(result, as_json=args.json, quiet=args.quiet, cite=args.cite)
     return 0 if result.answer else 1
