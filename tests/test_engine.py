@@ -10,7 +10,15 @@ import pytest
 
 import ctxfold
 from ctxfold.models import Message, ScriptedModel
-from ctxfold.trace import AnswerUpdate, BudgetStop, Cell, Guard, SubcallEnd, WorkerRestart
+from ctxfold.trace import (
+    AnswerUpdate,
+    BudgetStop,
+    Cell,
+    Guard,
+    RootResponse,
+    SubcallEnd,
+    WorkerRestart,
+)
 
 
 def code(src: str) -> str:
@@ -191,6 +199,31 @@ def test_sub_call_budget_turns_extra_calls_into_errors() -> None:
     result = rlm.run("q", context="data")
     assert result.trace.of_type(Cell)[0].stdout.strip() == "3"
     assert result.usage.sub_calls == 2
+
+
+def test_a_token_budget_stops_a_big_batch_within_one_call_of_its_limit() -> None:
+    sub = ScriptedModel(lambda m: "fine", name="sub")
+    rlm = make_rlm(
+        [
+            code("r = llm_batch([f'item {i}' for i in range(500)])\nprint(r.count('fine'))"),
+            code('FINAL("x")'),
+        ],
+        sub=sub,
+        budget=ctxfold.Budget(tokens=3000),
+    )
+    result = rlm.run("q", context="data")
+    served = [e for e in result.trace.of_type(SubcallEnd) if not e.error]
+    turns = [e.input_tokens + e.output_tokens for e in result.trace.of_type(RootResponse)]
+    root = result.usage.root.total_tokens
+    last_word = root - sum(turns)  # asked once the budget is spent, whatever it costs
+    biggest_sub = max(e.input_tokens + e.output_tokens for e in served)
+    # Every call claims its worst case first: the calls end within one call of the limit ...
+    assert root - last_word + result.usage.sub.total_tokens <= 3000 + biggest_sub
+    assert result.stop_reason == "tokens" and last_word > 0
+    # ... the batch served what the budget allowed and refused the rest with an error string.
+    assert len(served) == int(result.trace.of_type(Cell)[0].stdout) == result.usage.sub_calls
+    assert result.usage.sub.total_tokens >= 3000 - turns[0] - biggest_sub
+    assert 50 < len(served) < 500
 
 
 def test_unknown_sub_model_name_is_refused() -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ctxfold.budget import BudgetSpent
 from ctxfold.choices import choice_max_tokens, choice_prompt, match_choice, retry_instruction
 from ctxfold.engine import RunShared
 from ctxfold.models import CHARS_PER_TOKEN, Completion, Message, Model
@@ -76,8 +77,8 @@ class Broker:
             return [self._guarded(one, item) for item in served] + refused
         return [*self._pool.map(lambda item: self._guarded(one, item), served), *refused]
 
-    def _over_budget(self, kind: str) -> str:
-        spent = self._shared.meter.exhausted() or "sub_calls"
+    def _over_budget(self, kind: str, limit: str | None = None) -> str:
+        spent = limit or self._shared.meter.exhausted() or "sub_calls"
         name = "llm_query" if kind == "llm" else "rlm_query"
         return error_text(name, f"budget exhausted ({spent}); no more sub-calls")
 
@@ -129,6 +130,10 @@ class Broker:
             text, error = completion.text, None
             if item.choices:
                 completion, text, error = self._chosen(model, messages, completion, item.choices)
+        except BudgetSpent as exc:
+            refused = self._over_budget("llm", exc.limit)
+            self._end(call_id, "llm", model.name, started, "", refused)
+            return refused
         except Exception as exc:
             message = str(exc) or type(exc).__name__
             self._end(call_id, "llm", model.name, started, "", message)
@@ -183,12 +188,10 @@ class Broker:
     ) -> Completion:
         """One model call, accounted at once. With ``choices`` the output is bounded and a client
         that can constrain decoding is asked to emit only a choice."""
-        options = self._shared.call_options()
+        options: dict[str, Any] = {}
         if choices:
-            options |= {"choices": list(choices), "max_tokens": choice_max_tokens(choices)}
-        completion = model.complete(messages, **options)
-        self._shared.account(root=False, depth=depth, model=model.name, usage=completion.usage)
-        return completion
+            options = {"choices": list(choices), "max_tokens": choice_max_tokens(choices)}
+        return self._shared.complete(model, messages, root=False, depth=depth, **options)
 
     def _complete(
         self,

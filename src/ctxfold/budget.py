@@ -8,7 +8,19 @@ import time
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ctxfold.errors import BudgetError
+from ctxfold.errors import BudgetError, CtxfoldError
+
+# What a model call claims for its reply when it sets no max_tokens (tokens; see reserve_tokens).
+OUTPUT_CLAIM = 1024
+
+
+class BudgetSpent(CtxfoldError):
+    """A model call was not started: the calls already made or in flight claim the whole
+    ``limit`` (``"tokens"``) of the run's budget."""
+
+    def __init__(self, limit: str) -> None:
+        super().__init__(f"the run's {limit} budget is spent")
+        self.limit = limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +94,13 @@ class BudgetMeter:
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
         self._lock = threading.Lock()
+        self._settled = threading.Condition(self._lock)  # a call in flight settled its claim
         self._started = time.monotonic()
         self.iterations = 0
         self.tokens = 0
         self.usd = 0.0
         self.sub_calls = 0
+        self.reserved = 0  # tokens claimed by calls in flight
 
     def add_iteration(self) -> None:
         with self._lock:
@@ -105,6 +119,32 @@ class BudgetMeter:
             self.tokens += tokens
             if usd:
                 self.usd += usd
+
+    def reserve_tokens(self, claim: int) -> bool:
+        """Claim ``claim`` tokens (a call's prompt and its longest reply) before the call starts.
+
+        A call starts while some of ``Budget.tokens`` is neither spent nor claimed by calls in
+        flight; when the claims fill it, it waits for them to settle (most replies are far
+        shorter than their claim). ``False``: the tokens are spent, so the call must not start.
+        A run therefore overshoots by at most the last call let in.
+        """
+        limit = self.budget.tokens
+        with self._settled:
+            while limit is not None and self.tokens + self.reserved >= limit:
+                if self.reserved == 0:
+                    return False
+                self._settled.wait()
+            self.reserved += claim
+            return True
+
+    def settle(self, claim: int, tokens: int, usd: float | None) -> None:
+        """Replace a call's claim by what it spent (``tokens=0`` for a call that failed)."""
+        with self._settled:
+            self.reserved -= claim
+            self.tokens += tokens
+            if usd:
+                self.usd += usd
+            self._settled.notify_all()
 
     def elapsed(self) -> float:
         return time.monotonic() - self._started

@@ -15,6 +15,7 @@ from typing import Any
 
 from ctxfold import prompts
 from ctxfold.broker import Broker
+from ctxfold.budget import BudgetSpent
 from ctxfold.context import PreparedContext, prepare_contexts, shown_names
 from ctxfold.engine._code import extract_code
 from ctxfold.engine._resume import ReplayHandler, ResumeState
@@ -253,16 +254,15 @@ class Engine:
         )
         started = time.monotonic()
         try:
-            completion = shared.root_model.complete(loop.messages, **shared.call_options())
+            completion = shared.complete(
+                shared.root_model, loop.messages, root=True, depth=self._depth
+            )
+        except BudgetSpent as exc:
+            loop.stop_reason = exc.limit
+            return None
         except CtxfoldError as exc:
             loop.stop_reason = f"error: {exc}"
             return None
-        shared.account(
-            root=True,
-            depth=self._depth,
-            model=completion.model or shared.root_model.name,
-            usage=completion.usage,
-        )
         shared.emit(
             RootResponse(
                 t=self._now(),
@@ -453,13 +453,12 @@ class Engine:
             }
         else:
             messages.append(ask)
-        try:
-            completion = self._shared.root_model.complete(messages, **self._shared.call_options())
+        try:  # the last word is asked whatever the budget: it is what the user gets
+            completion = self._shared.complete(
+                self._shared.root_model, messages, root=True, depth=self._depth, claim=False
+            )
         except CtxfoldError:
             return ""
-        self._shared.account(
-            root=True, depth=self._depth, model=self._shared.root_model.name, usage=completion.usage
-        )
         text = completion.text.strip()
         # Small models sometimes echo the request back; that is no answer.
         return "" if text and text in ask["content"] else text
@@ -515,13 +514,12 @@ class Engine:
         request = f"{loop.messages[-1]['content']}\n\n{self._profile.compaction_request()}"
         messages: list[Message] = [*loop.messages[:-1], {"role": "user", "content": request}]
         try:
-            completion = self._shared.root_model.complete(messages, **self._shared.call_options())
+            completion = self._shared.complete(
+                self._shared.root_model, messages, root=True, depth=self._depth
+            )
             self._workspace.define("history", loop.transcript)
-        except CtxfoldError:
+        except CtxfoldError:  # BudgetSpent included: trimming is the fallback
             return size
-        self._shared.account(
-            root=True, depth=self._depth, model=self._shared.root_model.name, usage=completion.usage
-        )
         summary = completion.text.strip()
         if not summary:
             return size

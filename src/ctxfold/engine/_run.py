@@ -8,9 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ctxfold.budget import Budget, BudgetMeter
+from ctxfold.budget import OUTPUT_CLAIM, Budget, BudgetMeter, BudgetSpent
 from ctxfold.engine._extension import Extension
-from ctxfold.models import Model, TokenUsage
+from ctxfold.models import Completion, Message, Model, TokenUsage, count_message_tokens
 from ctxfold.sandbox import Sandbox
 from ctxfold.tools import Tool
 from ctxfold.trace import Event, Trace
@@ -67,6 +67,38 @@ class RunShared:
         set, so that a server that never answers cannot outlive the run's time."""
         deadline = self.meter.deadline
         return {} if deadline is None else {"deadline": deadline}
+
+    def complete(
+        self,
+        model: Model,
+        messages: list[Message],
+        *,
+        root: bool,
+        depth: int,
+        claim: bool = True,
+        **options: Any,
+    ) -> Completion:
+        """One model call of the run, under its budget: the call first claims its worst case
+        (prompt tokens plus ``max_tokens``, or :data:`~ctxfold.budget.OUTPUT_CLAIM`), is refused
+        with :class:`~ctxfold.budget.BudgetSpent` when nothing of the token budget is left
+        unclaimed, and settles its real usage when it ends. ``claim=False``: a call the run
+        makes whatever the budget (the root's last word) is only accounted."""
+        if not claim:
+            completion = model.complete(messages, **(self.call_options() | options))
+            self.account(root=root, depth=depth, model=model.name, usage=completion.usage)
+            return completion
+        worst = count_message_tokens(messages) + int(options.get("max_tokens") or OUTPUT_CLAIM)
+        if not self.meter.reserve_tokens(worst):
+            raise BudgetSpent("tokens")
+        try:
+            completion = model.complete(messages, **(self.call_options() | options))
+        except BaseException:
+            self.meter.settle(worst, 0, None)
+            raise
+        usage = completion.usage
+        self.usage.record(root=root, depth=depth, model=model.name, usage=usage)
+        self.meter.settle(worst, usage.total, usage.cost_usd)
+        return completion
 
     def account(self, *, root: bool, depth: int, model: str, usage: TokenUsage) -> None:
         """Record one call's usage in the usage roll-up and against the budget."""
