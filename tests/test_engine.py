@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -349,3 +350,39 @@ def test_final_words_that_echo_the_request_are_no_answer() -> None:
     )
     result = rlm.run("q", context="data")
     assert result.answer == "" and not result.ready
+
+
+async def test_concurrent_aruns_all_run_at_once() -> None:
+    # Twelve runs meet at a barrier in their first root call: they pass only if all twelve are
+    # running together (asyncio's default executor has six threads on two cores).
+    meet = threading.Barrier(12, timeout=120)
+
+    def reply(messages: list[Message]) -> str:
+        meet.wait()
+        return code("FINAL(str(len(context)))")
+
+    rlm = ctxfold.RLM(ScriptedModel(reply, name="root"))
+    results = await asyncio.gather(*(rlm.arun("q", context="x" * i) for i in range(12)))
+    rlm.close()
+    assert [r.answer for r in results] == [str(i) for i in range(12)]
+
+
+async def test_cancelling_arun_stops_the_run_and_closes_its_sandbox(no_orphans) -> None:
+    started = threading.Event()
+
+    def reply(messages: list[Message]) -> str:
+        started.set()
+        return code("import time\ntime.sleep(0.5)\nprint('turn')")
+
+    trace = ctxfold.Trace()
+    rlm = ctxfold.RLM(ScriptedModel(reply, name="root"), budget=ctxfold.Budget(iterations=50))
+    task = asyncio.ensure_future(rlm.arun("q", context="data", trace=trace))
+    while not started.is_set():
+        await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    rlm.close()
+    ends = [e for e in trace.events if e.type == "run_end"]
+    assert ends and ends[0].stop_reason == "cancelled"
+    assert len(trace.of_type(Cell)) < 50

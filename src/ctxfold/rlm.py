@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -14,6 +17,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from ctxfold._threads import in_thread
 from ctxfold.budget import Budget, budget_from_dict
 from ctxfold.citations import resolve
 from ctxfold.context import PreparedContext, prepare_contexts
@@ -235,6 +239,8 @@ class RLM:
         contexts: Sequence[Any] | None = None,
         trace: str | os.PathLike[str] | Trace | None = None,
         schema: Any = None,
+        budget: Budget | None = None,
+        cancel: threading.Event | None = None,
     ) -> Result:
         """Answer ``question`` about ``context`` (str, bytes, a file or folder Path, list, dict).
 
@@ -242,11 +248,16 @@ class RLM:
         ``trace`` is a path to stream the run's events to as JSONL while it runs, or a
         :class:`Trace` (e.g. one with subscribed listeners) to record into. ``schema`` (a
         pydantic model class, a plain type such as ``int`` or ``list[str]``, or a JSON-schema
-        dict) asks for a typed answer: ``result.value`` holds it, checked.
+        dict) asks for a typed answer: ``result.value`` holds it, checked. ``budget`` replaces
+        the RLM's budget for this run. Setting ``cancel`` (from any thread) stops the run: no
+        new sub-call or turn starts, and it ends with ``stop_reason="cancelled"``.
         """
         if not isinstance(question, str) or not question.strip():
             raise CtxfoldError("question must be a non-empty string")
+        if budget is not None and not isinstance(budget, Budget):
+            raise CtxfoldError(f"budget must be a ctxfold.Budget, got {type(budget).__name__}")
         checked = AnswerSchema.of(schema) if schema is not None else None
+        run_budget = budget or self.budget
         run_trace = trace if isinstance(trace, Trace) else Trace(trace)
         # With a trace file, in-memory inputs are kept beside it until the run ends, so that
         # a run whose host dies can be resumed from the trace.
@@ -259,7 +270,7 @@ class RLM:
                     question=question,
                     model=self.model.name,
                     sub_model=self.sub_model.name,
-                    budget=asdict(self.budget),
+                    budget=asdict(run_budget),
                     contexts=[c.description for c in prepared],
                     version=__version__,
                     model_spec=self._model_spec,
@@ -267,7 +278,15 @@ class RLM:
                     inputs=[{**c.spec, "shape": c.shape, "preview": c.preview} for c in prepared],
                     schema=checked.json_schema if checked is not None else None,
                 )
-                result = self._drive(question, prepared, run_trace, start, schema=checked)
+                result = self._drive(
+                    question,
+                    prepared,
+                    run_trace,
+                    start,
+                    schema=checked,
+                    budget=run_budget,
+                    cancel=cancel,
+                )
             if keep is not None:
                 shutil.rmtree(keep, ignore_errors=True)
             return result
@@ -283,6 +302,8 @@ class RLM:
         replay: ResumeState | None = None,
         *,
         schema: AnswerSchema | None = None,
+        budget: Budget | None = None,
+        cancel: threading.Event | None = None,
     ) -> Result:
         """Run the top engine (fresh, or replaying a killed run) and wrap up its result."""
         self._keep_warm()
@@ -295,13 +316,15 @@ class RLM:
                 root_model=self.model,
                 sub_model=self.sub_model,
                 models=self._models,
-                budget=self.budget,
+                budget=budget or self.budget,
                 options=self._options,
                 make_sandbox=lambda: unused.pop() if unused else factory(),
                 trace=run_trace,
                 tools=self.tools,
                 tool_turns=self._tool_turns,
             )
+            if cancel is not None:
+                shared.cancelled = cancel
             if isinstance(first, RunStart):
                 first = replace(first, isolation=str(getattr(unused[0], "isolation", "")))
             shared.emit(first)
@@ -526,11 +549,35 @@ class RLM:
         contexts: Sequence[Any] | None = None,
         trace: str | os.PathLike[str] | Trace | None = None,
         schema: Any = None,
+        budget: Budget | None = None,
     ) -> Result:
-        """Like :meth:`run`, for asyncio code (the run happens in a worker thread)."""
-        return await asyncio.to_thread(
-            self.run, question, context, contexts=contexts, trace=trace, schema=schema
+        """Like :meth:`run`, for asyncio code (the run happens in a worker thread).
+
+        Cancelling the awaiting task cancels the run; the cancellation is raised once the run
+        has stopped and closed its sandbox.
+        """
+        cancel = threading.Event()
+        run = asyncio.ensure_future(
+            in_thread(
+                functools.partial(
+                    self.run,
+                    question,
+                    context,
+                    contexts=contexts,
+                    trace=trace,
+                    schema=schema,
+                    budget=budget,
+                    cancel=cancel,
+                )
+            )
         )
+        try:
+            return await asyncio.shield(run)
+        except asyncio.CancelledError:
+            cancel.set()
+            with contextlib.suppress(Exception):
+                await run
+            raise
 
     def _keep_warm(self) -> None:
         """From the first run until :meth:`close` (or until this object is collected), a started

@@ -10,7 +10,7 @@ can read every answer given so far from ``answers``.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import json
 import threading
 import uuid
@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ctxfold._threads import in_thread
 from ctxfold.budget import Budget
 from ctxfold.citations import resolve
 from ctxfold.closing import Closing
@@ -180,7 +181,7 @@ class Session(Closing):
         self, question: str, *, schema: Any = None, budget: Budget | None = None
     ) -> Result:
         """Like :meth:`ask`, for asyncio code (the question is answered in a worker thread)."""
-        return await asyncio.to_thread(self.ask, question, schema=schema, budget=budget)
+        return await in_thread(functools.partial(self.ask, question, schema=schema, budget=budget))
 
     def add_context(self, value: Any) -> str:
         """Add an input (anything ``context=`` takes); it becomes ``context_N`` in the REPL,

@@ -221,6 +221,8 @@ class Engine:
         return prompts.answer_note(schema=schema, cite=cite)
 
     def _budget_stop(self, loop: _Loop) -> str | None:
+        if self._shared.cancelled.is_set():
+            return "cancelled"
         spent = self._shared.meter.exhausted() if self._depth == 0 else self._child_spent(loop)
         if spent:
             self._shared.emit(BudgetStop(t=self._now(), depth=self._depth, reason=spent))
