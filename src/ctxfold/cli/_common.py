@@ -31,6 +31,12 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"ctxfold: error: {one_line(message)} (see '{where} -h')\n")
 
 
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """``--model``/``-m`` (default: the local model) and ``--sub-model`` (default: --model)."""
+    parser.add_argument("--model", "-m", default="local", help="root model spec (default: local)")
+    parser.add_argument("--sub-model", default=None, help="sub-call model spec (default: --model)")
+
+
 def read_contexts(paths: list[str]) -> list[Any]:
     """``--context`` values as inputs: ``-`` reads standard input (UTF-8 text), else a path."""
     contexts: list[Any] = []
@@ -101,4 +107,16 @@ def print_result(result: Result, *, as_json: bool, quiet: bool, cite: bool = Fal
             f"ctxfold: the run ended before the model was done ({result.stop_reason}); "
             "the answer above is its best so far",
             file=sys.stderr,
+        )
+
+
+def serve_extra() -> None:
+    """Raise a one-line :class:`CtxfoldError` when the ``serve`` extra is not installed."""
+    import importlib.util
+
+    missing = [m for m in ("starlette", "uvicorn", "mcp") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CtxfoldError(
+            f"this needs the serve extra ({', '.join(missing)} missing): "
+            "pip install 'ctxfold[serve]'"
         )

@@ -7,7 +7,7 @@ import contextlib
 from typing import Any
 
 from ctxfold.budget import Budget
-from ctxfold.cli._common import print_result, read_contexts, read_schema
+from ctxfold.cli._common import add_model_options, print_result, read_contexts, read_schema
 
 
 def register(verbs: Any) -> None:
@@ -21,8 +21,7 @@ def register(verbs: Any) -> None:
         metavar="PATH",
         help="input file(s) or folder(s); '-' reads standard input",
     )
-    ask.add_argument("--model", "-m", default="local", help="root model spec (default: local)")
-    ask.add_argument("--sub-model", default=None, help="sub-call model spec (default: --model)")
+    add_model_options(ask)
     ask.add_argument("--trace", default=None, metavar="FILE", help="write the run's JSONL trace")
     ask.add_argument("--max-iterations", type=int, default=30, metavar="N")
     ask.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ctxfold.budget import Budget
-from ctxfold.cli._common import format_sources, one_line, read_contexts
+from ctxfold.cli._common import add_model_options, format_sources, one_line, read_contexts
 from ctxfold.errors import CtxfoldError
 
 if TYPE_CHECKING:
@@ -42,8 +42,7 @@ def register(verbs: Any) -> None:
         metavar="PATH",
         help="input file(s) or folder(s)",
     )
-    chat.add_argument("--model", "-m", default="local", help="root model spec (default: local)")
-    chat.add_argument("--sub-model", default=None, help="sub-call model spec (default: --model)")
+    add_model_options(chat)
     chat.add_argument("--trace", default=None, metavar="FILE", help="write the session's trace")
     chat.add_argument("--max-iterations", type=int, default=30, metavar="N", help="per question")
     chat.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
