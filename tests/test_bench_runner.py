@@ -14,6 +14,7 @@ from ctxfold.bench.runner import instances
 from ctxfold.bench.tasks import get_task
 from ctxfold.errors import CtxfoldError, ModelError
 from ctxfold.models import Message, ScriptedModel
+from ctxfold.trace import RunEnd, Trace
 
 
 def _needle_finder(messages: list[Message]) -> str:
@@ -42,6 +43,11 @@ def test_run_bench_writes_rows_and_resumes(tmp_path: Path) -> None:
     assert transcript[0].startswith("[1] model: ```python") and "re.findall" in transcript[0]
     assert transcript[1].startswith("[1] ctxfold: Output") and len(transcript) == 3
     assert all(r["root_input_tokens"] > 0 for r in rows)
+    # each RLM run's trace is saved beside the results, named in its row (for `ctxfold view`)
+    for row in rlm_rows:
+        trace = Trace.load(tmp_path / row["trace"])
+        assert trace.of_type(RunEnd)[0].answer == row["answer"]
+    assert all("trace" not in r for r in rows if r["method"] == "base")
     # A second run over the same file does nothing new.
     assert run_bench(spec, out, root=root, sub=root) == []
     assert len(load_rows(out)) == 4

@@ -15,6 +15,7 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Generator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ctxfold.bench._types import Instance
@@ -29,7 +30,12 @@ _MAX_DETAIL = 4000  # characters of a Ray error kept in the row's traceback
 
 
 def _remote_one(
-    instance: Instance, method: str, model: str, sub_model: str | None, iters: int
+    instance: Instance,
+    method: str,
+    model: str,
+    sub_model: str | None,
+    iters: int,
+    traces: Path | None = None,
 ) -> dict[str, Any]:
     """The body of one Ray task: resolve the models, run the pair, close the models."""
     import traceback
@@ -44,7 +50,7 @@ def _remote_one(
         sub = root if sub_model in (None, model) else resolve_model(sub_model or model)
         if sub is not root:
             owned.append(sub)
-        return run_one(instance, method, root, sub, iters)
+        return run_one(instance, method, root, sub, iters, traces)
     except Exception as exc:  # a model that cannot be built fails its pair, not the bench
         error = f"{type(exc).__name__}: {exc}"
         detail = traceback.format_exc(limit=3)
@@ -115,8 +121,10 @@ def run_on_ray(
     address: str | None,
     *,
     num_cpus: int | None = None,
+    traces: Path | None = None,
 ) -> Generator[dict[str, Any]]:
-    """Submit every pair as a Ray task and yield rows as they finish.
+    """Submit every pair as a Ray task and yield rows as they finish (``traces``: the folder
+    where each RLM run's trace is saved, as :func:`~ctxfold.bench.run_one` does).
 
     Uses the Ray this process is already connected to if there is one; otherwise starts a local
     Ray with ``num_cpus`` task slots (``address`` None) or connects to ``address``.
@@ -134,7 +142,7 @@ def run_on_ray(
         refs = {key: ray.put(inst) for key, inst in shared.items()}  # one copy per instance
         for inst, method in todo:
             ref = remote.remote(
-                refs[id(inst)], method, spec.model, spec.sub_model, spec.max_iterations
+                refs[id(inst)], method, spec.model, spec.sub_model, spec.max_iterations, traces
             )
             pending[ref] = (inst, method)
         while pending:

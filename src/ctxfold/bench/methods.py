@@ -15,7 +15,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ctxfold.bench._types import Instance
@@ -47,6 +47,12 @@ class MethodResult:
     ready: bool | None = None
     truncated: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # The run's trace (RLM methods), saved beside the results; not part of the row.
+    trace: Trace | None = field(default=None, repr=False, compare=False)
+
+    def row(self) -> dict[str, Any]:
+        """The result's fields for a results row (all but ``trace``)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "trace"}
 
 
 Method = Callable[[Instance, Model, Model, int], MethodResult]
@@ -161,6 +167,7 @@ def rlm_result(result: Result) -> MethodResult:
         iterations=result.iterations,
         ready=result.ready,
         extra={"stop_reason": result.stop_reason, "transcript": transcript(result.trace)},
+        trace=result.trace,
     )
 
 

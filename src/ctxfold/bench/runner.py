@@ -10,7 +10,7 @@ import json
 import traceback
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import closing
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +80,19 @@ def error_row(
     return row
 
 
-def run_one(instance: Instance, method: str, root: Model, sub: Model, iters: int) -> dict[str, Any]:
-    """One (instance, method) pair as a result row. Failures become rows with an ``error``."""
+def run_one(
+    instance: Instance,
+    method: str,
+    root: Model,
+    sub: Model,
+    iters: int,
+    traces: Path | None = None,
+) -> dict[str, Any]:
+    """One (instance, method) pair as a result row. Failures become rows with an ``error``.
+
+    With ``traces`` (a folder), an RLM method's trace is saved there and the row's ``trace``
+    names the file (relative to the folder's parent, where the results file is).
+    """
     task = get_task(instance.task)
     try:
         result, seconds = timed(METHODS[method], instance, root, sub, iters)
@@ -91,11 +102,20 @@ def run_one(instance: Instance, method: str, root: Model, sub: Model, iters: int
             instance, method, root.name, sub.name, error, traceback.format_exc(limit=3)
         )
     row = _row_head(instance, method, root.name, sub.name)
-    row.update(asdict(result))
+    row.update(result.row())
+    if traces is not None and result.trace is not None:
+        traces.mkdir(parents=True, exist_ok=True)
+        path = traces / f"{_file_name(instance.id)}.{_file_name(method)}.jsonl"
+        result.trace.save(path)
+        row["trace"] = f"{traces.name}/{path.name}"
     row["wall_s"] = round(seconds, 3)
     row["score"] = task.score(instance, result.answer)
     row["error"] = None
     return row
+
+
+def _file_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
 
 
 def _done(path: Path) -> set[tuple[str, str]]:
@@ -134,6 +154,7 @@ def run_bench(
     if executor == "ray" and (root is not None or sub is not None):
         raise CtxfoldError("the ray executor builds models from spec strings: give none as objects")
     out.parent.mkdir(parents=True, exist_ok=True)
+    traces = out.parent / "traces"  # each RLM run's trace, linked from its row
     done = _done(out)
     todo = [
         (inst, method)
@@ -147,9 +168,9 @@ def run_bench(
     if executor == "ray":
         from ctxfold.bench._ray import run_on_ray
 
-        rows_iter = run_on_ray(spec, todo, ray_address, num_cpus=ray_cpus)
+        rows_iter = run_on_ray(spec, todo, ray_address, num_cpus=ray_cpus, traces=traces)
     else:
-        rows_iter = _run_local(spec, todo, root, sub)
+        rows_iter = _run_local(spec, todo, root, sub, traces)
     rows = []
     # closing(): an interrupt between two rows still stops the executor (models, Ray) at once.
     with closing(rows_iter), out.open("a", encoding="utf-8") as fh:
@@ -163,7 +184,11 @@ def run_bench(
 
 
 def _run_local(
-    spec: BenchSpec, todo: Sequence[tuple[Instance, str]], root: Model | None, sub: Model | None
+    spec: BenchSpec,
+    todo: Sequence[tuple[Instance, str]],
+    root: Model | None,
+    sub: Model | None,
+    traces: Path | None = None,
 ) -> Generator[dict[str, Any]]:
     owned = []
     if root is None:
@@ -175,7 +200,7 @@ def _run_local(
             owned.append(sub)
     try:
         for instance, method in todo:
-            yield run_one(instance, method, root, sub, spec.max_iterations)
+            yield run_one(instance, method, root, sub, spec.max_iterations, traces)
     finally:
         for model in owned:
             model.close()
