@@ -9,7 +9,7 @@ import pytest
 
 import ctxfold
 from ctxfold.models import ScriptedModel
-from ctxfold.trace import Guard
+from ctxfold.trace import Guard, RunEnd
 
 
 def code(src: str) -> str:
@@ -110,6 +110,10 @@ def test_character_citations_are_quoted_by_the_host() -> None:
     assert citation.quote.startswith("Bob lives in Rome.")
     assert (citation.source, citation.start, citation.end) == ("context", 22, 42)
     assert citation.quote == TEXT[22:42] and citation.where == "context[22:42]"
+    # shown in its place: the input around it, and recorded so in the trace
+    assert (citation.before, citation.after) == (TEXT[:22], TEXT[42:342])
+    [recorded] = result.trace.of_type(RunEnd)[0].citations
+    assert recorded["where"] == "context[22:42]" and recorded["before"] == TEXT[:22]
 
 
 def test_wrong_spans_raise_in_the_cell_and_forged_ones_are_dropped() -> None:
@@ -146,6 +150,7 @@ def test_line_citations_of_a_folder(tmp_path: Path) -> None:
     [citation] = result.citations
     assert citation.quote == "def main():\n    return 1\n"
     assert citation.where == "app.py:3-4"
+    assert (citation.before, citation.after) == ("import os\n\n", "")
 
 
 def test_the_system_prompt_asks_for_citations_where_they_fit(tmp_path: Path) -> None:

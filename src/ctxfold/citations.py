@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from ctxfold.context import PreparedContext
 from ctxfold.sandbox import SourceSpan
 
 MAX_QUOTE_CHARS = 20_000  # a quote longer than this is cut (the span stays as cited)
 _CHUNK = 1 << 20
+_AROUND_CHARS = 300
+_AROUND_LINES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,10 @@ class Citation:
     path: str | None = None
     line_start: int | None = None
     line_end: int | None = None
+    # The input around the span (a few hundred characters, or three lines, each side), to
+    # show the quote in its place.
+    before: str = ""
+    after: str = ""
 
     @property
     def where(self) -> str:
@@ -74,28 +81,35 @@ def _quoted(span: SourceSpan, found: PreparedContext) -> Citation | None:
             return None
         if span.line_start is None or span.line_end is None:
             return None
-        quote = _lines(Path(spec["path"]) / span.path, span.line_start, span.line_end)
-        if quote is None:
+        found_lines = _lines(Path(spec["path"]) / span.path, span.line_start, span.line_end)
+        if found_lines is None:
             return None
+        before, quote, after = found_lines
         return Citation(
             span.source,
             quote,
             path=span.path,
             line_start=span.line_start,
             line_end=span.line_end,
+            before=before,
+            after=after,
         )
     if spec["kind"] != "text_file" or span.start is None or span.end is None:
         return None
-    quote = _chars(Path(spec["path"]), span.start, span.end)
-    if quote is None:
-        return None
-    return Citation(span.source, quote, start=span.start, end=span.end)
-
-
-def _chars(path: Path, start: int, end: int) -> str | None:
-    """Characters ``start:end`` of a UTF-8 file, read in chunks (the file may be huge)."""
+    start, end = span.start, span.end
     if not 0 <= start < end:
         return None
+    lo = max(start - _AROUND_CHARS, 0)
+    text = _chars(Path(spec["path"]), lo, end + _AROUND_CHARS)
+    if len(text) < end - lo:  # the span runs past the end of the input
+        return None
+    before, quote, after = text[: start - lo], text[start - lo : end - lo], text[end - lo :]
+    return Citation(span.source, _cut(quote), start=start, end=end, before=before, after=after)
+
+
+def _chars(path: Path, start: int, end: int) -> str:
+    """Characters ``start:end`` of a UTF-8 file, read in chunks (the file may be huge); fewer
+    when the file ends first (none when it cannot be read)."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # as the sandbox reads it
     seen = 0
     parts: list[str] = []
@@ -111,29 +125,25 @@ def _chars(path: Path, start: int, end: int) -> str | None:
                 if not chunk:
                     break
     except OSError:
-        return None
-    if seen < end:
-        return None
-    return _cut("".join(parts))
+        return ""
+    return "".join(parts)
 
 
-def _lines(path: Path, first: int, last: int) -> str | None:
-    """Lines ``first..last`` (from 1, both included) of a UTF-8 file."""
+def _lines(path: Path, first: int, last: int) -> tuple[str, str, str] | None:
+    """Lines ``first..last`` (from 1, both included) of a UTF-8 file, with up to
+    :data:`_AROUND_LINES` lines before and after them."""
     if not 1 <= first <= last:
         return None
-    parts = []
     try:
         with path.open(encoding="utf-8", errors="replace", newline="") as fh:
-            for number, line in enumerate(_split_lines(fh.read()), 1):
-                if number > last:
-                    break
-                if number >= first:
-                    parts.append(line)
+            lines = _split_lines(fh.read())
     except OSError:
         return None
-    if len(parts) != last - first + 1:
+    if last > len(lines):
         return None
-    return _cut("".join(parts))
+    before = "".join(lines[max(first - 1 - _AROUND_LINES, 0) : first - 1])
+    after = "".join(lines[last : last + _AROUND_LINES])
+    return before, _cut("".join(lines[first - 1 : last])), after
 
 
 def _split_lines(text: str) -> list[str]:
@@ -146,4 +156,9 @@ def _cut(quote: str) -> str:
     return quote[:MAX_QUOTE_CHARS] + f" [... {len(quote) - MAX_QUOTE_CHARS:,} characters more]"
 
 
-__all__ = ["MAX_QUOTE_CHARS", "Citation", "resolve"]
+def as_records(citations: Sequence[Citation]) -> list[dict[str, Any]]:
+    """Citations as JSON-ready dicts (their fields and ``where``), as traces record them."""
+    return [{**asdict(c), "where": c.where} for c in citations]
+
+
+__all__ = ["MAX_QUOTE_CHARS", "Citation", "as_records", "resolve"]

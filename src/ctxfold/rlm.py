@@ -19,7 +19,7 @@ from typing import Any
 
 from ctxfold._threads import in_thread
 from ctxfold.budget import Budget, budget_from_dict
-from ctxfold.citations import resolve
+from ctxfold.citations import Citation, as_records, resolve
 from ctxfold.context import PreparedContext, prepare_contexts
 from ctxfold.engine import (
     Engine,
@@ -336,7 +336,8 @@ class RLM:
                 shared.cancelled.set()
                 self._end(shared, "", False, "interrupted")
                 raise
-            usage = self._end(shared, outcome.answer, outcome.ready, outcome.stop_reason)
+            citations = tuple(resolve(outcome.sources, prepared))
+            usage = self._end(shared, outcome.answer, outcome.ready, outcome.stop_reason, citations)
             return Result(
                 answer=outcome.answer,
                 ready=outcome.ready,
@@ -346,7 +347,7 @@ class RLM:
                 iterations=outcome.turns,
                 seconds=run_trace.elapsed(),
                 value=outcome.value,
-                citations=tuple(resolve(outcome.sources, prepared)),
+                citations=citations,
             )
         finally:
             for sandbox in unused:  # made, but the run ended before it started
@@ -478,7 +479,14 @@ class RLM:
             raise
         return session
 
-    def _end(self, shared: RunShared, answer: str, ready: bool, reason: str) -> Usage:
+    def _end(
+        self,
+        shared: RunShared,
+        answer: str,
+        ready: bool,
+        reason: str,
+        citations: Sequence[Citation] = (),
+    ) -> Usage:
         usage = shared.usage.snapshot()
         shared.emit(
             RunEnd(
@@ -487,6 +495,7 @@ class RLM:
                 ready=ready,
                 stop_reason=reason,
                 usage=usage.to_dict(),
+                citations=as_records(citations),
                 seconds=shared.trace.elapsed(),
             )
         )

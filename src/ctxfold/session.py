@@ -14,14 +14,14 @@ import functools
 import json
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ctxfold._threads import in_thread
 from ctxfold.budget import Budget
-from ctxfold.citations import resolve
+from ctxfold.citations import Citation, as_records, resolve
 from ctxfold.closing import Closing
 from ctxfold.context import PreparedContext, prepare_contexts
 from ctxfold.engine import (
@@ -324,7 +324,8 @@ class Session(Closing):
             shared.cancelled.set()
             self._end(shared, "", False, "interrupted")
             raise
-        usage = self._end(shared, outcome.answer, outcome.ready, outcome.stop_reason)
+        citations = tuple(resolve(outcome.sources, self._inputs))
+        usage = self._end(shared, outcome.answer, outcome.ready, outcome.stop_reason, citations)
         result = Result(
             answer=outcome.answer,
             ready=outcome.ready,
@@ -334,7 +335,7 @@ class Session(Closing):
             iterations=outcome.turns,
             seconds=shared.meter.elapsed(),
             value=outcome.value,
-            citations=tuple(resolve(outcome.sources, self._inputs)),
+            citations=citations,
         )
         self._spent.add(result)
         self._remember(question, index, result, first_event)
@@ -423,7 +424,14 @@ class Session(Closing):
             return listed
         return listed[:limit] + " ..."
 
-    def _end(self, shared: RunShared, answer: str, ready: bool, reason: str) -> Usage:
+    def _end(
+        self,
+        shared: RunShared,
+        answer: str,
+        ready: bool,
+        reason: str,
+        citations: Sequence[Citation] = (),
+    ) -> Usage:
         usage = shared.usage.snapshot()
         shared.emit(
             RunEnd(
@@ -432,6 +440,7 @@ class Session(Closing):
                 ready=ready,
                 stop_reason=reason,
                 usage=usage.to_dict(),
+                citations=as_records(citations),
                 seconds=shared.meter.elapsed(),
             )
         )

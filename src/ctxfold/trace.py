@@ -195,6 +195,8 @@ class RunEnd(Event):
     stop_reason: str
     usage: dict[str, Any]
     seconds: float
+    # The answer's citations (ctxfold.Citation fields and ``where``), quoted from the input.
+    citations: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _read_trace_bytes(path: str | os.PathLike[str]) -> bytes:
