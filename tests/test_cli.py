@@ -226,7 +226,7 @@ def test_bench_list_names_every_task_and_method() -> None:
 
 
 def test_usage_errors_point_at_the_right_help() -> None:
-    top = ctxfold("view", "x")
+    top = ctxfold("frobnicate", "x")  # not a verb
     assert top.returncode == 2 and top.stderr.endswith("(see 'ctxfold -h')\n")
     verb = ctxfold("ask")
     assert verb.returncode == 2 and verb.stderr.endswith("(see 'ctxfold ask -h')\n")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
+import tempfile
+import webbrowser
+from pathlib import Path
 from typing import Any
 
 from ctxfold.budget import Budget
@@ -35,6 +39,11 @@ def register(verbs: Any) -> None:
         help="a JSON-schema file the answer must fit (a typed answer, printed as JSON)",
     )
     ask.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    ask.add_argument(
+        "--view",
+        action="store_true",
+        help="watch the run in the browser (ctxfold view on its trace); stays up until Ctrl-C",
+    )
     ask.set_defaults(run=run)
 
 
@@ -46,7 +55,19 @@ def run(args: argparse.Namespace) -> int:
     budget = Budget(iterations=args.max_iterations)
     schema = read_schema(args.schema) if args.schema else None
     contexts = read_contexts(args.context)
-    trace = Trace(args.trace)
+    trace_path = args.trace
+    viewer = None
+    if args.view:
+        from ctxfold.cli.view import start_viewer
+
+        if trace_path is None:
+            folder = Path(tempfile.mkdtemp(prefix="ctxfold-view-"))
+            trace_path = str(folder / "run.jsonl")
+        Path(trace_path).write_bytes(b"")
+        viewer = start_viewer(Path(trace_path))
+        print(f"ctxfold: watching the run at {viewer.url}", file=sys.stderr, flush=True)
+        webbrowser.open(viewer.url)
+    trace = Trace(trace_path)
     with RLM(model=args.model, sub_model=args.sub_model, budget=budget) as rlm:
         progress = Progress(budget.iterations)
         if not args.quiet:
@@ -58,4 +79,7 @@ def run(args: argparse.Namespace) -> int:
                 many = contexts or None
                 result = rlm.run(args.question, contexts=many, trace=trace, schema=schema)
     print_result(result, as_json=args.json, quiet=args.quiet, cite=args.cite)
+    if viewer is not None and sys.stdin.isatty():
+        print(f"ctxfold: the run stays at {viewer.url}; Ctrl-C to leave", file=sys.stderr)
+        viewer.wait()
     return 0 if result.answer else 1
