@@ -69,6 +69,15 @@ class Compaction(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RootPrompt(Event):
+    """The messages a root model starts from (system prompt, demonstration, task message),
+    so that its whole conversation can be read back from the trace (training data, audits)."""
+
+    type: ClassVar[str] = "root_prompt"
+    messages: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RunResume(Event):
     """A resumed run continues here, after replaying ``turns`` completed turns."""
 
@@ -227,6 +236,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         WorkerRestart,
         BudgetStop,
         Compaction,
+        RootPrompt,
         RunEnd,
     )
 }

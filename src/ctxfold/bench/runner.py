@@ -10,7 +10,7 @@ import json
 import traceback
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from ctxfold.bench._types import Instance, Task
 from ctxfold.bench.methods import METHODS, timed
 from ctxfold.bench.tasks import get_task
 from ctxfold.errors import CtxfoldError
-from ctxfold.models import Model, resolve_model
+from ctxfold.models import Model, WithOptions, resolve_model
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +33,9 @@ class BenchSpec:
     model: str = "local"
     sub_model: str | None = None
     max_iterations: int = 12
+    # Sampling (rollouts): each instance ``samples`` times, the models at ``temperature``.
+    samples: int = 1
+    temperature: float | None = None
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -42,6 +45,10 @@ class BenchSpec:
             )
         if self.n < 1 or any(length < 1 for length in self.lengths):
             raise CtxfoldError("--n and --lengths must be positive")
+        if self.samples < 1:
+            raise CtxfoldError("--samples must be at least 1")
+        if self.temperature is not None and not 0 <= self.temperature <= 2:
+            raise CtxfoldError("--temperature must be between 0 and 2")
 
 
 def instances(spec: BenchSpec) -> Iterator[Instance]:
@@ -50,7 +57,22 @@ def instances(spec: BenchSpec) -> Iterator[Instance]:
     for length in spec.lengths or task.default_lengths:
         for instance in task.generate(n=spec.n, length=length, seed=spec.seed):
             instance.meta.setdefault("requested_length", length)
-            yield instance
+            if spec.samples == 1 and spec.temperature is None:
+                yield instance
+                continue
+            for sample in range(spec.samples):  # INSTANCE~sK: one sample of the instance
+                meta = instance.meta | {"sample": sample, "temperature": spec.temperature}
+                yield replace(instance, id=f"{instance.id}~s{sample}", meta=meta)
+
+
+def _sampling(instance: Instance, root: Model, sub: Model) -> tuple[Model, Model]:
+    """The models of one sample: at its temperature, seeded by its number."""
+    temperature = instance.meta.get("temperature")
+    if temperature is None:
+        return root, sub
+    options = {"temperature": temperature, "seed": int(instance.meta.get("sample", 0))}
+    sampled_root = WithOptions(root, **options)
+    return sampled_root, sampled_root if sub is root else WithOptions(sub, **options)
 
 
 def _row_head(instance: Instance, method: str, model: str, sub_model: str) -> dict[str, Any]:
@@ -63,6 +85,7 @@ def _row_head(instance: Instance, method: str, model: str, sub_model: str) -> di
         "length_chars": instance.meta.get("length_chars"),
         "variant": instance.meta.get("variant"),
         "seed": instance.meta.get("seed"),
+        "sample": instance.meta.get("sample"),
         "model": model,
         "sub_model": sub_model,
         "gold": instance.gold
@@ -95,7 +118,8 @@ def run_one(
     """
     task = get_task(instance.task)
     try:
-        result, seconds = timed(METHODS[method], instance, root, sub, iters)
+        sampled_root, sampled_sub = _sampling(instance, root, sub)
+        result, seconds = timed(METHODS[method], instance, sampled_root, sampled_sub, iters)
     except Exception as exc:  # a failing instance is a data point, not the end of the bench
         error = f"{type(exc).__name__}: {exc}"
         return error_row(

@@ -60,7 +60,8 @@ def _listing() -> str:
     return "\n".join(lines)
 
 
-def _ints(text: str | None) -> tuple[int, ...]:
+def parse_lengths(text: str | None) -> tuple[int, ...]:
+    """``--lengths`` (``8000,32k,1m``) as token counts; empty for none."""
     if not text:
         return ()
     try:
@@ -104,18 +105,27 @@ def bench_command(args: argparse.Namespace) -> int:
         return 0
     if args.task == "report":
         return _write_report(out)
-    from ctxfold.bench import BenchSpec, run_bench
+    from ctxfold.bench import BenchSpec
 
     spec = BenchSpec(
         task=args.task,
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
-        lengths=_ints(args.lengths),
+        lengths=parse_lengths(args.lengths),
         n=args.n,
         seed=args.seed,
         model=args.model,
         sub_model=args.sub_model,
         max_iterations=args.max_iterations,
     )
+    return run_with_progress(spec, out, args)
+
+
+def run_with_progress(spec: Any, out: Path, args: argparse.Namespace) -> int:
+    """Run ``spec`` (a :class:`ctxfold.bench.BenchSpec`) into ``out`` with a progress bar
+    (``args``: ``quiet`` and the executor options), then write its report."""
+    from ctxfold.bench import run_bench
+
+    _check_ray_cpus(args)
     console = Console(stderr=True)
     show = console.is_terminal and not args.quiet
     with Progress(

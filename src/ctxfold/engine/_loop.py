@@ -33,6 +33,7 @@ from ctxfold.trace import (
     Compaction,
     Feedback,
     Guard,
+    RootPrompt,
     RootRequest,
     RootResponse,
     WorkerRestart,
@@ -162,6 +163,8 @@ class Engine:
         self._schema = schema
         self._workspace = workspace
         loop = self._first_messages(question, contexts, earlier)
+        first = [dict(m) for m in loop.messages]
+        self._shared.emit(RootPrompt(t=self._now(), depth=self._depth, messages=first))
         if replay is not None:
             self._replay(workspace.ready(), loop, replay)
         while loop.stop_reason is None:

@@ -12,6 +12,7 @@ from ctxfold.models._base import (
     ToolCompletion,
     ToolModel,
 )
+from ctxfold.models._options import WithOptions
 from ctxfold.models._retry import RetryPolicy
 from ctxfold.models._spec import foreign_endpoint, resolve_model
 from ctxfold.models._tokens import CHARS_PER_TOKEN, count_message_tokens, count_tokens
@@ -31,6 +32,7 @@ __all__ = [
     "TokenUsage",
     "ToolCompletion",
     "ToolModel",
+    "WithOptions",
     "count_message_tokens",
     "count_tokens",
     "foreign_endpoint",

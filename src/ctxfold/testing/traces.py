@@ -97,7 +97,5 @@ def write_big_trace(path: str | os.PathLike[str], *, subcalls: int, turns: int =
         "per_model": {},
         "per_depth": {},
     }
-    trace.emit(
-        RunEnd(t=t, answer="done", ready=True, stop_reason="ready", usage=usage, seconds=t)
-    )
+    trace.emit(RunEnd(t=t, answer="done", ready=True, stop_reason="ready", usage=usage, seconds=t))
     trace.close()

@@ -75,6 +75,7 @@ class _Run:
     subcalls: dict[int, dict[str, Any]] = field(default_factory=dict)
     child_turns: int = 0
     compactions: list[dict[str, Any]] = field(default_factory=list)
+    prompt: list[dict[str, Any]] = field(default_factory=list)  # the root's first messages
     last_t: float = 0.0
 
     def turn(self, number: int) -> _Turn:
@@ -210,6 +211,9 @@ class TraceIndex:
         run.last_t = max(run.last_t, float(e.get("t", 0.0)))
         if kind == "run_end":
             run.end = e
+        elif kind == "root_prompt":
+            if e.get("depth", 0) == 0:
+                run.prompt = e.get("messages", [])
         elif kind.startswith("subcall") or kind == "tool_call":
             _apply_subcall(run, e)
         elif e.get("depth", 0) > 0:

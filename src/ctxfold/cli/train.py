@@ -1,0 +1,98 @@
+"""``ctxfold train rollouts|export``: RLM runs with rewards, and training examples from them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ctxfold.cli._common import Parser, add_model_options
+from ctxfold.errors import CtxfoldError
+
+
+def register(verbs: Any) -> None:
+    train = verbs.add_parser("train", help="rollouts with rewards, and training data from them")
+    steps = train.add_subparsers(dest="step", required=True, parser_class=Parser)
+
+    rollouts = steps.add_parser(
+        "rollouts", help="run RLMs on generated bench tasks, keeping each trace and its score"
+    )
+    rollouts.add_argument("task", help="a bench task (ctxfold bench --list)")
+    rollouts.add_argument("--n", type=int, default=3, help="instances per length (default 3)")
+    rollouts.add_argument("--seed", type=int, default=0)
+    rollouts.add_argument("--lengths", default=None, help="comma-separated input lengths")
+    add_model_options(rollouts)
+    rollouts.add_argument("--samples", type=int, default=1, metavar="K", help="runs per instance")
+    rollouts.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="sampling temperature (default: 0.7 with --samples above 1, else the model's)",
+    )
+    rollouts.add_argument("--max-iterations", type=int, default=12, metavar="N")
+    rollouts.add_argument("--out", required=True, metavar="DIR", help="rollouts folder")
+    rollouts.add_argument("--executor", choices=("local", "ray"), default="local")
+    rollouts.add_argument("--ray-address", default=None)
+    rollouts.add_argument("--ray-cpus", type=int, default=None, metavar="N")
+    rollouts.add_argument("--quiet", "-q", action="store_true")
+    rollouts.set_defaults(run=run_rollouts)
+
+    export = steps.add_parser(
+        "export", help="kept runs' root conversations as chat-format training examples"
+    )
+    export.add_argument(
+        "sources", nargs="+", metavar="DIR_OR_TRACE", help="rollout/bench folders or traces"
+    )
+    export.add_argument("--out", required=True, metavar="FILE", help="the training JSONL")
+    export.add_argument(
+        "--min-score", type=float, default=None, help="keep scored runs at or above this"
+    )
+    export.add_argument(
+        "--turns",
+        choices=("root",),
+        default="root",
+        help="which conversations become examples (root: the root model's)",
+    )
+    export.add_argument("--val-fraction", type=float, default=0.1, metavar="F")
+    export.add_argument("--seed", type=int, default=0, help="seed of the train/validation split")
+    export.set_defaults(run=run_export)
+
+
+def run_rollouts(args: argparse.Namespace) -> int:
+    from ctxfold.bench import BenchSpec
+    from ctxfold.cli.bench import parse_lengths, run_with_progress
+
+    temperature = args.temperature
+    if temperature is None and args.samples > 1:
+        temperature = 0.7  # several greedy samples would be one sample, K times
+    spec = BenchSpec(
+        task=args.task,
+        methods=("rlm",),
+        lengths=parse_lengths(args.lengths),
+        n=args.n,
+        seed=args.seed,
+        model=args.model,
+        sub_model=args.sub_model,
+        max_iterations=args.max_iterations,
+        samples=args.samples,
+        temperature=temperature,
+    )
+    return run_with_progress(spec, Path(args.out), args)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from ctxfold.train import export_examples
+
+    if args.min_score is not None and not 0 <= args.min_score <= 1:
+        raise CtxfoldError("--min-score is a score in [0, 1]")
+    report = export_examples(
+        [Path(s) for s in args.sources],
+        Path(args.out),
+        min_score=args.min_score,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+    )
+    print(report.text())
+    print(f"report: {report.files['report']}", file=sys.stderr)
+    return 0
