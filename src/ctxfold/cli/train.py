@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,21 @@ def register(verbs: Any) -> None:
     export.add_argument("--seed", type=int, default=0, help="seed of the train/validation split")
     export.set_defaults(run=run_export)
 
+    sft = steps.add_parser(
+        "sft", help="LoRA-fine-tune a model on exported examples and write a GGUF of it"
+    )
+    sft.add_argument("--data", required=True, metavar="FILE", help="chat JSONL (train export)")
+    sft.add_argument(
+        "--base", required=True, metavar="SPEC", help="a HF model folder, a .gguf, or local[:NAME]"
+    )
+    sft.add_argument("--out", required=True, metavar="DIR")
+    sft.add_argument("--lora-rank", type=int, default=16, metavar="R")
+    sft.add_argument("--epochs", type=float, default=1.0, metavar="E")
+    sft.add_argument("--learning-rate", type=float, default=2e-4, metavar="LR")
+    sft.add_argument("--max-length", type=int, default=4096, metavar="TOKENS")
+    sft.add_argument("--grad-accum", type=int, default=4, metavar="N")
+    sft.set_defaults(run=run_sft)
+
 
 def run_rollouts(args: argparse.Namespace) -> int:
     from ctxfold.bench import BenchSpec
@@ -95,4 +111,34 @@ def run_export(args: argparse.Namespace) -> int:
     )
     print(report.text())
     print(f"report: {report.files['report']}", file=sys.stderr)
+    return 0
+
+
+def run_sft(args: argparse.Namespace) -> int:
+    missing = [m for m in ("torch", "trl", "peft") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CtxfoldError(
+            f"train sft needs the train extra ({', '.join(missing)} missing): "
+            "pip install 'ctxfold[train]'"
+        )
+    from ctxfold.train.sft import SFTOptions
+    from ctxfold.train.sft import run_sft as fine_tune
+
+    result = fine_tune(
+        SFTOptions(
+            data=Path(args.data),
+            base=args.base,
+            out=Path(args.out),
+            lora_rank=args.lora_rank,
+            epochs=args.epochs,
+            learning_rate=args.learning_rate,
+            max_length=args.max_length,
+            grad_accum=args.grad_accum,
+        )
+    )
+    print(result.gguf)
+    losses = result.losses
+    if losses:
+        print(f"loss {losses[0]:.3f} -> {losses[-1]:.3f} over {len(losses)} steps", file=sys.stderr)
+    print(f"run it: ctxfold ask ... --model local:{result.gguf}", file=sys.stderr)
     return 0
