@@ -148,6 +148,7 @@ class Broker:
             error,
             usage.input_tokens,
             usage.output_tokens,
+            cache_hit=usage.cache_hit,
         )
         return text if error is None else error_text("llm_query", error)
 
@@ -280,6 +281,8 @@ class Broker:
         error: str | None,
         input_tokens: int = 0,
         output_tokens: int = 0,
+        *,
+        cache_hit: bool = False,
     ) -> None:
         self._shared.emit(
             SubcallEnd(
@@ -293,6 +296,7 @@ class Broker:
                 latency_s=time.monotonic() - started,
                 response=response,
                 error=error,
+                cache_hit=cache_hit,
             )
         )
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from ctxfold._threads import in_thread
 from ctxfold.budget import Budget, budget_from_dict
+from ctxfold.cache import CachedModel, ResponseCache
 from ctxfold.citations import Citation, as_records, resolve
 from ctxfold.context import PreparedContext, prepare_contexts
 from ctxfold.engine import (
@@ -95,6 +96,20 @@ def _recorded_inputs(start: RunStart) -> list[PreparedContext]:
 _INPUT_KINDS = ("text_file", "bytes_file", "json_file", "folder")
 
 
+def _response_cache(
+    cache: str | os.PathLike[str] | bool | ResponseCache | None,
+) -> ResponseCache | None:
+    if cache is None or cache is False:
+        return None
+    if isinstance(cache, ResponseCache):
+        return cache
+    if cache is True:
+        return ResponseCache()
+    if isinstance(cache, str | os.PathLike):
+        return ResponseCache(cache)
+    raise CtxfoldError(f"cache must be True, a path or a ResponseCache, got {cache!r}")
+
+
 def _trusted_spec(recorded: str, given: str | Model | None, what: str, trust: bool) -> str | Model:
     """The model a resumed run uses: ``given``, else the trace's ``recorded`` spec, unless that
     spec would send requests (and the user's API key) to an endpoint other than the user's own
@@ -137,6 +152,10 @@ class RLM:
             (of 200,000 characters when the window is unknown), its older turns are replaced by
             notes the root model writes of them; the REPL keeps the whole conversation as
             ``history``. ``None``: never (old outputs are then only elided).
+        cache: keep model replies on disk and answer repeated calls from there (``True``: the
+            default file, ``$XDG_CACHE_HOME/ctxfold/responses.sqlite``; a path; or a
+            :class:`ctxfold.cache.ResponseCache`). A hit is not billed, spends no budget, and
+            is marked ``cache_hit`` in the trace; ``usage.*.cache_hits`` counts them.
     """
 
     def __init__(
@@ -154,7 +173,9 @@ class RLM:
         tool_turns: int = DEFAULT_TURNS,
         extension: Extension | None = None,
         compact_at: float | None = 0.5,
+        cache: str | os.PathLike[str] | bool | ResponseCache | None = None,
     ) -> None:
+        self._cache = _response_cache(cache)
         if budget is not None and not isinstance(budget, Budget):
             raise CtxfoldError(f"budget must be a ctxfold.Budget, got {type(budget).__name__}")
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
@@ -199,7 +220,7 @@ class RLM:
         model = resolve_model(spec)
         if isinstance(spec, str):
             self._owned.append(model)
-        return model
+        return model if self._cache is None else CachedModel(model, self._cache)
 
     def _engine_options(
         self, concurrency: int, output_limit: int | None, profile: str, compact_at: float | None

@@ -102,6 +102,7 @@ class RootResponse(Event):
     input_tokens: int
     output_tokens: int
     latency_s: float
+    cache_hit: bool = False  # the reply came from the response cache
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,6 +142,7 @@ class SubcallEnd(Event):
     latency_s: float
     response: str
     error: str | None = None
+    cache_hit: bool = False  # the reply came from the response cache
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -19,9 +19,11 @@ class CallStats:
     cached_tokens: int = 0
     cost_usd: float = 0.0
     estimated: bool = False  # some of the token counts were estimated, not reported by the API
+    cache_hits: int = 0  # calls served by the response cache (not billed)
 
     def add(self, usage: TokenUsage) -> None:
         self.calls += 1
+        self.cache_hits += usage.cache_hit
         self.input_tokens += usage.input_tokens
         self.output_tokens += usage.output_tokens
         self.cached_tokens += usage.cached_tokens

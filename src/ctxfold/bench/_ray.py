@@ -36,11 +36,12 @@ def _remote_one(
     sub_model: str | None,
     iters: int,
     traces: Path | None = None,
+    cache: str | None = None,
 ) -> dict[str, Any]:
     """The body of one Ray task: resolve the models, run the pair, close the models."""
     import traceback
 
-    from ctxfold.bench.runner import error_row, run_one
+    from ctxfold.bench.runner import cached_models, error_row, run_one
     from ctxfold.models import Model, resolve_model
 
     owned: list[Model] = []
@@ -50,6 +51,7 @@ def _remote_one(
         sub = root if sub_model in (None, model) else resolve_model(sub_model or model)
         if sub is not root:
             owned.append(sub)
+        root, sub = cached_models(cache, root, sub)
         return run_one(instance, method, root, sub, iters, traces)
     except Exception as exc:  # a model that cannot be built fails its pair, not the bench
         error = f"{type(exc).__name__}: {exc}"
@@ -142,7 +144,13 @@ def run_on_ray(
         refs = {key: ray.put(inst) for key, inst in shared.items()}  # one copy per instance
         for inst, method in todo:
             ref = remote.remote(
-                refs[id(inst)], method, spec.model, spec.sub_model, spec.max_iterations, traces
+                refs[id(inst)],
+                method,
+                spec.model,
+                spec.sub_model,
+                spec.max_iterations,
+                traces,
+                spec.cache,
             )
             pending[ref] = (inst, method)
         while pending:

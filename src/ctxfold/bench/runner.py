@@ -17,6 +17,7 @@ from typing import Any
 from ctxfold.bench._types import Instance, Task
 from ctxfold.bench.methods import METHODS, timed
 from ctxfold.bench.tasks import get_task
+from ctxfold.cache import CachedModel, ResponseCache
 from ctxfold.errors import CtxfoldError
 from ctxfold.models import Model, WithOptions, resolve_model
 
@@ -36,6 +37,8 @@ class BenchSpec:
     # Sampling (rollouts): each instance ``samples`` times, the models at ``temperature``.
     samples: int = 1
     temperature: float | None = None
+    # A response cache (a path; "" for the default file), or None for none.
+    cache: str | None = None
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -222,12 +225,23 @@ def _run_local(
         sub = root if spec.sub_model in (None, spec.model) else resolve_model(spec.sub_model)
         if sub is not root:
             owned.append(sub)
+    root, sub = cached_models(spec.cache, root, sub)
     try:
         for instance, method in todo:
             yield run_one(instance, method, root, sub, spec.max_iterations, traces)
     finally:
         for model in owned:
             model.close()
+
+
+def cached_models(cache_path: str | None, root: Model, sub: Model) -> tuple[Model, Model]:
+    """The models behind a response cache (``cache_path``; ``""``: the default file), or as
+    they are for ``None``."""
+    if cache_path is None:
+        return root, sub
+    cache = ResponseCache(cache_path or None)
+    cached_root = CachedModel(root, cache)
+    return cached_root, cached_root if sub is root else CachedModel(sub, cache)
 
 
 def load_rows(path: Path) -> list[dict[str, Any]]:

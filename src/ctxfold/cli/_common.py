@@ -37,6 +37,19 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sub-model", default=None, help="sub-call model spec (default: --model)")
 
 
+def add_cache_option(parser: argparse.ArgumentParser) -> None:
+    """``--cache [FILE]``: keep model replies on disk (the default file when no FILE)."""
+    parser.add_argument(
+        "--cache",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="FILE",
+        help="answer repeated model calls from a response cache on disk (default file: "
+        "$XDG_CACHE_HOME/ctxfold/responses.sqlite)",
+    )
+
+
 def read_contexts(paths: list[str]) -> list[Any]:
     """``--context`` values as inputs: ``-`` reads standard input (UTF-8 text), else a path."""
     contexts: list[Any] = []

@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from ctxfold.budget import Budget
-from ctxfold.cli._common import add_model_options, print_result, read_contexts, read_schema
+from ctxfold.cli._common import (
+    add_cache_option,
+    add_model_options,
+    print_result,
+    read_contexts,
+    read_schema,
+)
 
 
 def register(verbs: Any) -> None:
@@ -38,6 +44,7 @@ def register(verbs: Any) -> None:
         metavar="FILE",
         help="a JSON-schema file the answer must fit (a typed answer, printed as JSON)",
     )
+    add_cache_option(ask)
     ask.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     ask.add_argument(
         "--view",
@@ -68,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"ctxfold: watching the run at {viewer.url}", file=sys.stderr, flush=True)
         webbrowser.open(viewer.url)
     trace = Trace(trace_path)
-    with RLM(model=args.model, sub_model=args.sub_model, budget=budget) as rlm:
+    cache = None if args.cache is None else (args.cache or True)
+    with RLM(model=args.model, sub_model=args.sub_model, budget=budget, cache=cache) as rlm:
         progress = Progress(budget.iterations)
         if not args.quiet:
             trace.subscribe(progress)

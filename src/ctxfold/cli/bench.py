@@ -10,6 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ctxfold.cli._common import add_cache_option
 from ctxfold.errors import CtxfoldError
 
 
@@ -39,6 +40,7 @@ def register(verbs: Any) -> None:
         metavar="N",
         help="tasks the local Ray runs at once (default: the cores, at most 4)",
     )
+    add_cache_option(bench)
     bench.add_argument("--quiet", "-q", action="store_true")
     bench.set_defaults(run=bench_command)
 
@@ -116,6 +118,7 @@ def bench_command(args: argparse.Namespace) -> int:
         model=args.model,
         sub_model=args.sub_model,
         max_iterations=args.max_iterations,
+        cache=args.cache,
     )
     return run_with_progress(spec, out, args)
 

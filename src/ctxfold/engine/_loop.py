@@ -278,6 +278,7 @@ class Engine:
                 input_tokens=completion.usage.input_tokens,
                 output_tokens=completion.usage.output_tokens,
                 latency_s=time.monotonic() - started,
+                cache_hit=completion.usage.cache_hit,
             )
         )
         return completion.text

@@ -77,14 +77,18 @@ class ResumeState:
         shared.continue_ids(max(ids, default=-1) + 1)
         for event in self.events:
             if isinstance(event, RootResponse):
-                usage = TokenUsage(event.input_tokens, event.output_tokens)
+                usage = TokenUsage(
+                    event.input_tokens, event.output_tokens, cache_hit=event.cache_hit
+                )
                 shared.account(root=True, depth=event.depth, model=event.model, usage=usage)
                 if event.depth == 0:
                     shared.meter.add_iteration()
                 else:  # a child run's turns count as sub-calls of the run
                     shared.meter.reserve_sub_call()
             elif isinstance(event, SubcallEnd) and event.kind == "llm":
-                usage = TokenUsage(event.input_tokens, event.output_tokens)
+                usage = TokenUsage(
+                    event.input_tokens, event.output_tokens, cache_hit=event.cache_hit
+                )
                 shared.account(root=False, depth=event.depth, model=event.model, usage=usage)
                 shared.meter.reserve_sub_call()
 

@@ -97,10 +97,10 @@ class RunShared:
             raise
         usage = completion.usage
         self.usage.record(root=root, depth=depth, model=model.name, usage=usage)
-        self.meter.settle(worst, usage.total, usage.cost_usd)
+        self.meter.settle(worst, usage.billed, usage.cost_usd)
         return completion
 
     def account(self, *, root: bool, depth: int, model: str, usage: TokenUsage) -> None:
         """Record one call's usage in the usage roll-up and against the budget."""
         self.usage.record(root=root, depth=depth, model=model, usage=usage)
-        self.meter.add_usage(usage.total, usage.cost_usd)
+        self.meter.add_usage(usage.billed, usage.cost_usd)

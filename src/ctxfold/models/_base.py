@@ -23,10 +23,16 @@ class TokenUsage:
     cached_tokens: int = 0
     estimated: bool = False
     cost_usd: float | None = None
+    cache_hit: bool = False  # served by a response cache: not billed, spends no budget
 
     @property
     def total(self) -> int:
         return self.input_tokens + self.output_tokens
+
+    @property
+    def billed(self) -> int:
+        """The tokens this call spends of a budget (none for a cache hit)."""
+        return 0 if self.cache_hit else self.total
 
     def __add__(self, other: TokenUsage) -> TokenUsage:
         """The usage of two calls together (estimated if either was; cost unknown if both are)."""
@@ -37,6 +43,7 @@ class TokenUsage:
             cached_tokens=self.cached_tokens + other.cached_tokens,
             estimated=self.estimated or other.estimated,
             cost_usd=sum(costs) if costs else None,
+            cache_hit=self.cache_hit and other.cache_hit,
         )
 
 
