@@ -126,6 +126,7 @@ class CachedModel:
         self.cache = cache
         self.name = model.name
         self.context_window = model.context_window
+        self.priced = getattr(model, "priced", False)
 
     def _lookup(self, messages: Sequence[Message], options: dict[str, Any]) -> tuple[str, Any]:
         key = self.cache.key(self.name, messages, options)

@@ -31,7 +31,13 @@ from ctxfold.engine import (
     load_resume_state,
 )
 from ctxfold.errors import ContextError, CtxfoldError, UntrustedSpecError, quoted
-from ctxfold.models import CHARS_PER_TOKEN, Model, foreign_endpoint, resolve_model
+from ctxfold.models import (
+    CHARS_PER_TOKEN,
+    Model,
+    foreign_endpoint,
+    resolve_model,
+    warn_if_unpriced,
+)
 from ctxfold.prompts import PROFILES, profile_for
 from ctxfold.result import Result
 from ctxfold.sandbox import (
@@ -193,6 +199,7 @@ class RLM:
         self._models = {self.model.name: self.model, self.sub_model.name: self.sub_model}
         for name, spec in (models or {}).items():
             self._models[name] = self._resolve(spec)
+        warn_if_unpriced(list(self._models.values()), self.budget.usd)
         self._sandbox = sandbox
         make_sandbox(sandbox) if isinstance(sandbox, str) else None  # validate the spec early
         if compact_at is not None and (

@@ -13,6 +13,7 @@ from ctxfold.models._base import (
     ToolModel,
 )
 from ctxfold.models._options import WithOptions
+from ctxfold.models._prices import table_price, warn_if_unpriced
 from ctxfold.models._retry import RetryPolicy
 from ctxfold.models._spec import foreign_endpoint, resolve_model
 from ctxfold.models._tokens import CHARS_PER_TOKEN, count_message_tokens, count_tokens
@@ -37,4 +38,6 @@ __all__ = [
     "count_tokens",
     "foreign_endpoint",
     "resolve_model",
+    "table_price",
+    "warn_if_unpriced",
 ]

@@ -17,6 +17,7 @@ class WithOptions:
         self.options = options
         self.name = model.name
         self.context_window = model.context_window
+        self.priced = getattr(model, "priced", False)
 
     def complete(self, messages: Sequence[Message], **options: Any) -> Completion:
         return self.model.complete(messages, **(self.options | options))

@@ -6,6 +6,7 @@ import functools
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ctxfold.errors import MissingAPIKeyError, ModelSpecError
@@ -17,6 +18,7 @@ from ctxfold.models._base import (
     ToolCompletion,
 )
 from ctxfold.models._bounded import bounded_transport
+from ctxfold.models._prices import table_knows, table_price
 from ctxfold.models._retry import (
     BadResponseError,
     CallFailure,
@@ -281,11 +283,17 @@ class AnthropicModel:
         # Anthropic's input_tokens leave out cache reads and writes; ours count every input token.
         input_tokens = count("input_tokens") + cached + count("cache_creation_input_tokens")
         output_tokens = count("output_tokens")
-        cost: float | None = None
+        found = TokenUsage(input_tokens, output_tokens, cached, estimated=False)
         if self.price_per_mtok is not None:
             price_in, price_out = self.price_per_mtok
             cost = (input_tokens * price_in + output_tokens * price_out) / 1_000_000
-        return TokenUsage(input_tokens, output_tokens, cached, estimated=False, cost_usd=cost)
+            return replace(found, cost_usd=cost)
+        return replace(found, cost_usd=table_price(self.name, "anthropic", found))
+
+    @property
+    def priced(self) -> bool:
+        """Whether the cost of its calls is known (given prices, or the price table's)."""
+        return self.price_per_mtok is not None or (table_knows(self.name, "anthropic"))
 
     def _adopt(self) -> None:
         import anthropic  # the SDKs load on first use

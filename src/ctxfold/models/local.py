@@ -295,6 +295,8 @@ class LocalModel(Closing):
     Call :meth:`close` (or use ``with``) when done; the server stops when its last user closes.
     """
 
+    priced = True  # it runs here: its calls cost nothing
+
     def __init__(self, name: str, path: Path, server: _ServerProcess) -> None:
         self.name = name
         self.path = path

@@ -30,6 +30,7 @@ import ssl
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import replace
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -45,6 +46,7 @@ from ctxfold.models._base import (
 )
 from ctxfold.models._bounded import bounded_transport
 from ctxfold.models._http import DirectHTTP
+from ctxfold.models._prices import table_knows, table_price
 from ctxfold.models._retry import (
     BadResponseError,
     CallFailure,
@@ -384,7 +386,15 @@ class OpenAIModel:
             cost = (input_tokens * price_in + output_tokens * price_out) / 1_000_000
         elif isinstance(usage.get("cost"), int | float) and not isinstance(usage["cost"], bool):
             cost = float(usage["cost"])
-        return TokenUsage(input_tokens, output_tokens, cached_tokens, estimated, cost)
+        found = TokenUsage(input_tokens, output_tokens, cached_tokens, estimated, cost)
+        if cost is None:  # the price table's, for a model it knows (at any endpoint)
+            return replace(found, cost_usd=table_price(self.name, "openai", found))
+        return found
+
+    @property
+    def priced(self) -> bool:
+        """Whether the cost of its calls is known (given prices, or the price table's)."""
+        return self.price_per_mtok is not None or (table_knows(self.name, "openai"))
 
     # -- SDK clients -----------------------------------------------------------------------
 
