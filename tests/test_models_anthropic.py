@@ -197,3 +197,39 @@ def test_key_and_base_url_from_environment(monkeypatch: pytest.MonkeyPatch) -> N
     model = AnthropicModel("claude-sonnet-4-5")
     assert model.base_url == "http://127.0.0.1:9"
     assert "sk-ant-env" not in repr(model)
+
+
+def test_the_fixed_prefix_gets_prompt_cache_breakpoints(fake: FakeAnthropic) -> None:
+    model = make_model(fake)
+    messages = [
+        {"role": "system", "content": "the rules"},
+        {"role": "user", "content": "a demonstration"},
+        {"role": "assistant", "content": "its reply"},
+        {"role": "user", "content": "the task"},
+    ]
+    result = model.complete(messages, cache_prefix=3)  # system, demonstration, its reply
+    body = fake.requests[0]
+    marked = {"type": "ephemeral"}
+    assert body["system"] == [{"type": "text", "text": "the rules", "cache_control": marked}]
+    assert body["messages"][1]["content"] == [
+        {"type": "text", "text": "its reply", "cache_control": marked}
+    ]
+    assert body["messages"][0]["content"] == "a demonstration"
+    assert body["messages"][2]["content"] == "the task"
+    assert result.usage.cached_tokens == 5  # what the server reports as read from its cache
+    model.complete(messages)
+    assert fake.requests[1]["system"] == "the rules"  # no prefix named: nothing marked
+    model.close()
+
+
+def test_root_calls_mark_the_run_s_first_messages(fake: FakeAnthropic) -> None:
+    import ctxfold
+
+    with ctxfold.RLM(make_model(fake), budget=ctxfold.Budget(iterations=1)) as rlm:
+        rlm.run("How long is it?", "12345")
+    first = fake.requests[0]
+    assert first["system"][0]["cache_control"] == {"type": "ephemeral"}
+    # the run's first messages are its fixed prefix: the last of them carries the breakpoint
+    marked = [m for m in first["messages"] if isinstance(m["content"], list)]
+    assert marked == [first["messages"][-1]]
+    assert "How long is it?" in marked[0]["content"][0]["text"]

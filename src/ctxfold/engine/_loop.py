@@ -260,7 +260,11 @@ class Engine:
         started = time.monotonic()
         try:
             completion = shared.complete(
-                shared.root_model, loop.messages, root=True, depth=self._depth
+                shared.root_model,
+                loop.messages,
+                root=True,
+                depth=self._depth,
+                cache_prefix=loop.prefix_len,  # system prompt and demonstration: cacheable
             )
         except BudgetSpent as exc:
             loop.stop_reason = exc.limit

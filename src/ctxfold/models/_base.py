@@ -65,8 +65,10 @@ class Model(Protocol):
     ``timeout`` (seconds per attempt), ``deadline`` (a ``time.monotonic()`` value by which the
     whole call, retries included, must end: the engine passes the run's ``Budget.seconds`` this
     way), ``choices`` (list of strings: a client that can constrain decoding makes the reply
-    exactly one of them; callers still check the reply). Unknown options are ignored by clients
-    that do not support them.
+    exactly one of them; callers still check the reply), ``cache_prefix`` (how many leading
+    messages stay the same from call to call: a client whose provider caches prompts marks
+    them, as the Anthropic client does). Unknown options are ignored by clients that do not
+    support them.
     ``context_window`` is the model's window in tokens, or ``None`` when unknown.
     """
 

@@ -210,6 +210,9 @@ class AnthropicModel:
         }
         if system:
             body["system"] = system
+        prefix = options.get("cache_prefix") if options else None
+        if isinstance(prefix, int) and prefix > 0:
+            _mark_cached_prefix(body, messages, prefix)
         if "temperature" in known:
             body["temperature"] = known["temperature"]
         if "stop" in known:
@@ -394,3 +397,19 @@ def _tool_call(index: int, block: Mapping[str, Any]) -> NativeToolCall:
     if not isinstance(arguments, dict):
         return NativeToolCall(call_id, name, {}, "the input must be a JSON object")
     return NativeToolCall(call_id, name, arguments)
+
+
+_EPHEMERAL = {"type": "ephemeral"}
+
+
+def _mark_cached_prefix(body: dict[str, Any], messages: Sequence[Message], prefix: int) -> None:
+    """Prompt-cache breakpoints on the fixed prefix (the first ``prefix`` messages): the system
+    text, and the prefix's last non-system message (two of Anthropic's four breakpoints)."""
+    if isinstance(body.get("system"), str):
+        body["system"] = [{"type": "text", "text": body["system"], "cache_control": _EPHEMERAL}]
+    kept = sum(1 for m in messages[:prefix] if m["role"] != "system")
+    if kept:
+        last = body["messages"][kept - 1]
+        if isinstance(last["content"], str) and last["content"]:
+            text = last["content"]
+            last["content"] = [{"type": "text", "text": text, "cache_control": _EPHEMERAL}]
