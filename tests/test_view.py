@@ -125,6 +125,11 @@ def test_a_recorded_run_shows_question_turns_subcalls_and_answer_as_text(
     page.locator("table.subcalls tr.clickable").first.click()
     page.wait_for_selector("text=Prompt")
     assert "<b>bold</b> reply to sub 0" in main.inner_text()
+    # what the root model was told first: the system prompt, then the task
+    page.locator("details.prompt summary").click()
+    page.wait_for_selector("details.prompt .note")
+    told = page.locator("details.prompt").inner_text()
+    assert told.count("system") >= 1 and "Where does Bob live?" in told
     # nothing the model wrote ran, or became an element
     assert page.evaluate("window.__pwned") is None
     assert page.locator("main img, main script").count() == 0

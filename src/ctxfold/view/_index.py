@@ -108,6 +108,7 @@ class _Run:
             "child_turns": self.child_turns,
             "compactions": self.compactions,
             "subcall_count": len(self.subcalls),
+            "prompt_messages": len(self.prompt),
             # compact rows for the timeline: [id, start, end or null, depth, kind, failed]
             "timeline": [
                 [
@@ -293,6 +294,14 @@ def turn_details(index: TraceIndex, run: int, turn: int) -> dict[str, Any] | Non
         if not 0 <= run < len(index.runs) or turn not in index.runs[run].turns:
             return None
         return index.runs[run].turns[turn].details()
+
+
+def root_prompt(index: TraceIndex, run: int) -> list[dict[str, Any]] | None:
+    """The messages the run's root model started from (``None``: no such run)."""
+    with index._lock:
+        if not 0 <= run < len(index.runs):
+            return None
+        return list(index.runs[run].prompt)
 
 
 def subcall_rows(index: TraceIndex, run: int, offset: int, limit: int) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ from ctxfold.view._index import (
     NotATrace,
     TraceIndex,
     check_trace,
+    root_prompt,
     subcall_details,
     subcall_rows,
     trace_summary,
@@ -69,6 +70,7 @@ def create_view_app(target: Path) -> Starlette:
         Route("/api/folder", viewer.api(viewer.folder)),
         Route("/api/trace", viewer.api(viewer.trace)),
         Route("/api/turn", viewer.api(viewer.turn)),
+        Route("/api/prompt", viewer.api(viewer.prompt)),
         Route("/api/subcalls", viewer.api(viewer.subcalls)),
         Route("/api/subcall", viewer.api(viewer.subcall)),
         Route("/files/{name:path}", viewer.plot),
@@ -147,6 +149,12 @@ class _Viewer:
         if found is None:
             raise _Problem(404, "no such turn")
         return found
+
+    def prompt(self, request: Request) -> dict[str, Any]:
+        found = root_prompt(self._index(request), self._int(request, "run"))
+        if found is None:
+            raise _Problem(404, "no such run")
+        return {"messages": found}
 
     def subcalls(self, request: Request) -> dict[str, Any]:
         limit = min(self._int(request, "limit", 100), _MAX_ROWS)

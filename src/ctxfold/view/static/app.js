@@ -186,6 +186,7 @@ function renderRun(run, count) {
       el("div", { class: "facts" },
         el("span", {}, "model ", el("b", {}, run.model), run.sub_model !== run.model ? [" · sub ", el("b", {}, run.sub_model)] : null),
         el("span", {}, "input ", el("b", {}, run.contexts.join("; ") || "none")))),
+    run.prompt_messages ? renderPrompt(run) : null,
     el("h2", {}, "Answer"),
     el("div", { class: "card", id: `answer-${run.index}` },
       run.ended ? el("div", { class: "answer" }, run.answer || "(no answer)") : el("div", { class: "muted" }, "Running…"),
@@ -211,6 +212,26 @@ function renderRun(run, count) {
   parts.push(el("h2", {}, `Sub-calls (${fmt.int(run.subcall_count)})`));
   parts.push(renderSubcalls(run));
   return parts;
+}
+
+function renderPrompt(run) {
+  const key = `prompt:${run.index}`;
+  const body = el("div", { class: "body" }, el("p", { class: "muted" }, "Loading…"));
+  const details = el("details", { class: "prompt", "data-key": key },
+    el("summary", {}, `What the root model was told first (${run.prompt_messages} messages)`), body);
+  const fill = async () => {
+    try {
+      const { messages } = await api("prompt", { run: run.index });
+      body.replaceChildren(...messages.map((m) => el("div", { class: "note" }, el("b", {}, m.role), folded(m.content, 2000))));
+    } catch (error) {
+      body.replaceChildren(el("p", { class: "bad" }, error.message));
+    }
+  };
+  details.addEventListener("toggle", () => {
+    if (details.open) { state.open.add(key); fill(); } else state.open.delete(key);
+  });
+  if (state.open.has(key)) { details.open = true; fill(); }
+  return details;
 }
 
 function renderTree(run) {
