@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ctxfold.citations import Citation
+from ctxfold.citations import Citation, resolve
 from ctxfold.trace import Trace
 from ctxfold.usage import Usage
+
+if TYPE_CHECKING:
+    from ctxfold.context import PreparedContext
+    from ctxfold.engine import Outcome, RunShared
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,3 +36,29 @@ class Result:
     seconds: float
     value: Any = None
     citations: tuple[Citation, ...] = ()
+
+
+def finish_run(
+    shared: RunShared,
+    outcome: Outcome,
+    inputs: Sequence[PreparedContext],
+    elapsed: Callable[[], float],
+) -> Result:
+    """End a run that returned ``outcome``: its citations resolved against ``inputs``, its
+    ``run_end`` recorded, its :class:`Result` made (``elapsed()``: the run's seconds)."""
+    citations = tuple(resolve(outcome.sources, inputs))
+    seconds = elapsed()
+    usage = shared.end_run(
+        outcome.answer, outcome.ready, outcome.stop_reason, seconds=seconds, citations=citations
+    )
+    return Result(
+        answer=outcome.answer,
+        ready=outcome.ready,
+        usage=usage,
+        trace=shared.trace,
+        stop_reason=outcome.stop_reason,
+        iterations=outcome.turns,
+        seconds=seconds,
+        value=outcome.value,
+        citations=citations,
+    )

@@ -20,7 +20,6 @@ from typing import Any
 from ctxfold._threads import in_thread
 from ctxfold.budget import Budget, budget_from_dict
 from ctxfold.cache import CachedModel, ResponseCache
-from ctxfold.citations import Citation, as_records, resolve
 from ctxfold.context import PreparedContext, prepare_contexts
 from ctxfold.engine import (
     Engine,
@@ -39,7 +38,7 @@ from ctxfold.models import (
     warn_if_unpriced,
 )
 from ctxfold.prompts import PROFILES, profile_for
-from ctxfold.result import Result
+from ctxfold.result import Result, finish_run
 from ctxfold.sandbox import (
     ContextSpec,
     ProcessSandbox,
@@ -52,8 +51,7 @@ from ctxfold.sandbox import (
 from ctxfold.schema import AnswerSchema
 from ctxfold.session import Session, SessionParts
 from ctxfold.tools import DEFAULT_TURNS, as_tools
-from ctxfold.trace import RunEnd, RunResume, RunStart, Trace
-from ctxfold.usage import Usage
+from ctxfold.trace import RunResume, RunStart, Trace
 
 __version__ = "0.1.0"
 
@@ -362,21 +360,9 @@ class RLM:
                 outcome = Engine(shared).run(question, prepared, replay, schema=schema)
             except BaseException:
                 shared.cancelled.set()
-                self._end(shared, "", False, "interrupted")
+                shared.end_run("", False, "interrupted", seconds=run_trace.elapsed())
                 raise
-            citations = tuple(resolve(outcome.sources, prepared))
-            usage = self._end(shared, outcome.answer, outcome.ready, outcome.stop_reason, citations)
-            return Result(
-                answer=outcome.answer,
-                ready=outcome.ready,
-                usage=usage,
-                trace=run_trace,
-                stop_reason=outcome.stop_reason,
-                iterations=outcome.turns,
-                seconds=run_trace.elapsed(),
-                value=outcome.value,
-                citations=citations,
-            )
+            return finish_run(shared, outcome, prepared, run_trace.elapsed)
         finally:
             for sandbox in unused:  # made, but the run ended before it started
                 sandbox.close()
@@ -506,28 +492,6 @@ class RLM:
             session.close()
             raise
         return session
-
-    def _end(
-        self,
-        shared: RunShared,
-        answer: str,
-        ready: bool,
-        reason: str,
-        citations: Sequence[Citation] = (),
-    ) -> Usage:
-        usage = shared.usage.snapshot()
-        shared.emit(
-            RunEnd(
-                t=shared.trace.elapsed(),
-                answer=answer,
-                ready=ready,
-                stop_reason=reason,
-                usage=usage.to_dict(),
-                citations=as_records(citations),
-                seconds=shared.trace.elapsed(),
-            )
-        )
-        return usage
 
     def session(
         self,

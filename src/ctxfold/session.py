@@ -14,14 +14,13 @@ import functools
 import json
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ctxfold._threads import in_thread
 from ctxfold.budget import Budget
-from ctxfold.citations import Citation, as_records, resolve
 from ctxfold.closing import Closing
 from ctxfold.context import PreparedContext, prepare_contexts
 from ctxfold.engine import (
@@ -35,11 +34,11 @@ from ctxfold.engine import (
 )
 from ctxfold.errors import CtxfoldError
 from ctxfold.models import Model
-from ctxfold.result import Result
+from ctxfold.result import Result, finish_run
 from ctxfold.sandbox import Sandbox, SubcallRequest
 from ctxfold.schema import AnswerSchema
 from ctxfold.tools import Tool
-from ctxfold.trace import AnswerUpdate, RunEnd, RunResume, RunStart, Trace
+from ctxfold.trace import AnswerUpdate, RunResume, RunStart, Trace
 from ctxfold.usage import Usage
 
 _ANSWER_SHOWN = 600  # characters of an earlier answer shown to the root model
@@ -322,21 +321,9 @@ class Session(Closing):
             )
         except BaseException:
             shared.cancelled.set()
-            self._end(shared, "", False, "interrupted")
+            shared.end_run("", False, "interrupted", seconds=shared.meter.elapsed())
             raise
-        citations = tuple(resolve(outcome.sources, self._inputs))
-        usage = self._end(shared, outcome.answer, outcome.ready, outcome.stop_reason, citations)
-        result = Result(
-            answer=outcome.answer,
-            ready=outcome.ready,
-            usage=usage,
-            trace=self._trace,
-            stop_reason=outcome.stop_reason,
-            iterations=outcome.turns,
-            seconds=shared.meter.elapsed(),
-            value=outcome.value,
-            citations=citations,
-        )
+        result = finish_run(shared, outcome, self._inputs, shared.meter.elapsed)
         self._spent.add(result)
         self._remember(question, index, result, first_event)
         return result
@@ -423,25 +410,3 @@ class Session(Closing):
         if limit is None or len(listed) <= limit:
             return listed
         return listed[:limit] + " ..."
-
-    def _end(
-        self,
-        shared: RunShared,
-        answer: str,
-        ready: bool,
-        reason: str,
-        citations: Sequence[Citation] = (),
-    ) -> Usage:
-        usage = shared.usage.snapshot()
-        shared.emit(
-            RunEnd(
-                t=self._trace.elapsed(),
-                answer=answer,
-                ready=ready,
-                stop_reason=reason,
-                usage=usage.to_dict(),
-                citations=as_records(citations),
-                seconds=shared.meter.elapsed(),
-            )
-        )
-        return usage

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ctxfold.budget import OUTPUT_CLAIM, Budget, BudgetMeter, BudgetSpent
+from ctxfold.citations import Citation, as_records
 from ctxfold.engine._extension import Extension
 from ctxfold.models import Completion, Message, Model, TokenUsage, count_message_tokens
 from ctxfold.sandbox import Sandbox
 from ctxfold.tools import Tool
-from ctxfold.trace import Event, Trace
-from ctxfold.usage import UsageMeter
+from ctxfold.trace import Event, RunEnd, Trace
+from ctxfold.usage import Usage, UsageMeter
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,30 @@ class RunShared:
         self.usage.record(root=root, depth=depth, model=model.name, usage=usage)
         self.meter.settle(worst, usage.billed, usage.cost_usd)
         return completion
+
+    def end_run(
+        self,
+        answer: str,
+        ready: bool,
+        reason: str,
+        *,
+        seconds: float,
+        citations: Sequence[Citation] = (),
+    ) -> Usage:
+        """Record the end of the run (its ``run_end`` event) and return its usage."""
+        usage = self.usage.snapshot()
+        self.emit(
+            RunEnd(
+                t=self.trace.elapsed(),
+                answer=answer,
+                ready=ready,
+                stop_reason=reason,
+                usage=usage.to_dict(),
+                citations=as_records(citations),
+                seconds=seconds,
+            )
+        )
+        return usage
 
     def account(self, *, root: bool, depth: int, model: str, usage: TokenUsage) -> None:
         """Record one call's usage in the usage roll-up and against the budget."""
