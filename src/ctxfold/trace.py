@@ -345,6 +345,16 @@ class Trace:
             with contextlib.suppress(Exception):  # a display bug must never break a run
                 listener(event)
 
+    def runs(self) -> list[list[Event]]:
+        """The events of each run, split before each ``run_start`` (a session's questions are
+        runs of one trace); events before the first ``run_start``, if any, come first."""
+        runs: list[list[Event]] = []
+        for event in self:
+            if isinstance(event, RunStart) or not runs:
+                runs.append([])
+            runs[-1].append(event)
+        return runs
+
     def of_type(self, cls: type[Event]) -> list[Any]:
         """The events of one class, e.g. ``trace.of_type(Cell)``."""
         return [e for e in self.events if isinstance(e, cls)]

@@ -8,7 +8,6 @@ was already answered), restores the budget meters, and goes on from the last com
 
 from __future__ import annotations
 
-import itertools
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,15 +97,14 @@ def load_resume_state(trace: Trace) -> ResumeState:
 
     A session's trace holds one run per question: the last one is resumed, the finished ones
     before it come back as :attr:`ResumeState.earlier`."""
-    events = list(trace)
-    bounds = [i for i, e in enumerate(events) if isinstance(e, RunStart)]
-    if not bounds:
+    runs = [run for run in trace.runs() if isinstance(run[0], RunStart)]
+    if not runs:
         raise CtxfoldError("the trace has no run_start event: not a ctxfold run trace")
-    last = events[bounds[-1] :]
+    last = runs[-1]
     if any(isinstance(e, RunEnd) and e.stop_reason != "interrupted" for e in last):
         raise CtxfoldError("that run already ended; there is nothing to resume")
-    earlier = [_asked(events[a:b]) for a, b in itertools.pairwise(bounds)]
-    start = events[bounds[-1]]
+    earlier = [_asked(run) for run in runs[:-1]]
+    start = last[0]
     assert isinstance(start, RunStart)
     state = _unfinished(start, last, trace)
     state.earlier = earlier

@@ -84,18 +84,6 @@ def root_conversation(events: Sequence[Event]) -> list[dict[str, str]]:
     return messages
 
 
-def _runs_of(trace: Trace) -> Iterator[list[Event]]:
-    """The events of each run (question) of a trace, split at ``run_start``."""
-    run: list[Event] = []
-    for event in trace:
-        if isinstance(event, RunStart) and run:
-            yield run
-            run = []
-        run.append(event)
-    if run:
-        yield run
-
-
 def _load(path: Path) -> Trace:
     try:
         return Trace.load(path)
@@ -104,7 +92,7 @@ def _load(path: Path) -> Trace:
 
 
 def _from_trace(path: Path, score: float | None, instance: str | None) -> Iterator[RecordedRun]:
-    for events in _runs_of(_load(path)):
+    for events in _load(path).runs():
         start = next((e for e in events if isinstance(e, RunStart)), None)
         end = next((e for e in events if isinstance(e, RunEnd)), None)
         key = instance
