@@ -107,20 +107,26 @@ def bench_command(args: argparse.Namespace) -> int:
         return 0
     if args.task == "report":
         return _write_report(out)
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    return run_with_progress(bench_spec(args, methods, cache=args.cache), out, args)
+
+
+def bench_spec(args: argparse.Namespace, methods: tuple[str, ...], **extra: Any) -> Any:
+    """A :class:`ctxfold.bench.BenchSpec` from the options ``bench`` and ``train rollouts``
+    share (task, lengths, n, seed, models, max iterations), with ``extra`` fields."""
     from ctxfold.bench import BenchSpec
 
-    spec = BenchSpec(
+    return BenchSpec(
         task=args.task,
-        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+        methods=methods,
         lengths=parse_lengths(args.lengths),
         n=args.n,
         seed=args.seed,
         model=args.model,
         sub_model=args.sub_model,
         max_iterations=args.max_iterations,
-        cache=args.cache,
+        **extra,
     )
-    return run_with_progress(spec, out, args)
 
 
 def run_with_progress(spec: Any, out: Path, args: argparse.Namespace) -> int:

@@ -76,24 +76,12 @@ def register(verbs: Any) -> None:
 
 
 def run_rollouts(args: argparse.Namespace) -> int:
-    from ctxfold.bench import BenchSpec
-    from ctxfold.cli.bench import parse_lengths, run_with_progress
+    from ctxfold.cli.bench import bench_spec, run_with_progress
 
     temperature = args.temperature
     if temperature is None and args.samples > 1:
         temperature = 0.7  # several greedy samples would be one sample, K times
-    spec = BenchSpec(
-        task=args.task,
-        methods=("rlm",),
-        lengths=parse_lengths(args.lengths),
-        n=args.n,
-        seed=args.seed,
-        model=args.model,
-        sub_model=args.sub_model,
-        max_iterations=args.max_iterations,
-        samples=args.samples,
-        temperature=temperature,
-    )
+    spec = bench_spec(args, ("rlm",), samples=args.samples, temperature=temperature)
     return run_with_progress(spec, Path(args.out), args)
 
 

@@ -83,6 +83,12 @@ class _Run:
             self.turns[number] = _Turn(number)
         return self.turns[number]
 
+    @property
+    def seconds(self) -> float:
+        """The run's wall time: as it ended, or so far."""
+        recorded = (self.end or {}).get("seconds")
+        return float(recorded) if recorded is not None else self.last_t - self.start.get("t", 0.0)
+
     def summary(self) -> dict[str, Any]:
         start, end = self.start, self.end or {}
         return {
@@ -102,7 +108,7 @@ class _Run:
             "ready": end.get("ready", False),
             "stop_reason": end.get("stop_reason", ""),
             "usage": end.get("usage"),
-            "seconds": end.get("seconds", self.last_t - float(start.get("t", 0.0))),
+            "seconds": self.seconds,
             "citations": end.get("citations", []),
             "turns": [t.summary() for t in sorted(self.turns.values(), key=lambda t: t.turn)],
             "child_turns": self.child_turns,
@@ -135,7 +141,7 @@ class _Run:
                 "tokens": root.get("input_tokens", 0) + root.get("output_tokens", 0)
                 or sum(t.input_tokens + t.output_tokens for t in self.turns.values()),
                 "cost_usd": root.get("cost_usd", 0.0),
-                "seconds": (self.end or {}).get("seconds", self.last_t),
+                "seconds": self.seconds,
             }
         ]
         for s in self.subcalls.values():
@@ -287,6 +293,32 @@ def trace_summary(index: TraceIndex) -> dict[str, Any]:
             "bad_lines": index.bad_lines,
             "runs": [run.summary() for run in index.runs],
         }
+
+
+def trace_overview(index: TraceIndex) -> list[dict[str, Any]]:
+    """Each run's few figures, for a folder's table (no turns, no timeline)."""
+    with index._lock:
+        rows = []
+        for run in index.runs:
+            end = run.end or {}
+            usage = end.get("usage") or {}
+            tokens = sum(
+                usage.get(part, {}).get(k, 0)
+                for part in ("root", "sub")
+                for k in ("input_tokens", "output_tokens")
+            )
+            rows.append(
+                {
+                    "question": run.start.get("question", ""),
+                    "model": run.start.get("model", ""),
+                    "answer": end.get("answer", ""),
+                    "stop_reason": end.get("stop_reason", ""),
+                    "tokens": tokens,
+                    "cost_usd": usage.get("cost_usd", 0.0),
+                    "seconds": run.seconds,
+                }
+            )
+        return rows
 
 
 def turn_details(index: TraceIndex, run: int, turn: int) -> dict[str, Any] | None:

@@ -26,6 +26,7 @@ from ctxfold.view._index import (
     root_prompt,
     subcall_details,
     subcall_rows,
+    trace_overview,
     trace_summary,
     turn_details,
 )
@@ -192,24 +193,19 @@ class _Viewer:
             index.refresh()
         except (NotATrace, OSError) as exc:
             return {"file": name, "problem": str(exc)}
-        runs = trace_summary(index)["runs"]
+        runs = trace_overview(index)
         if not runs:
             return {"file": name, "problem": "no run yet"}
-        first, usage = runs[0], runs[-1].get("usage") or {}
-        tokens = sum(
-            usage.get(part, {}).get(k, 0)
-            for part in ("root", "sub")
-            for k in ("input_tokens", "output_tokens")
-        )
+        first, last = runs[0], runs[-1]
         return {
             "file": name,
             "question": first["question"],
             "model": first["model"],
             "runs": len(runs),
-            "answer": runs[-1]["answer"][:200],
-            "stop_reason": runs[-1]["stop_reason"],
-            "tokens": tokens,
-            "cost_usd": usage.get("cost_usd", 0.0),
+            "answer": last["answer"][:200],
+            "stop_reason": last["stop_reason"],
+            "tokens": last["tokens"],
+            "cost_usd": last["cost_usd"],
             "seconds": sum(r["seconds"] or 0 for r in runs),
         }
 
