@@ -74,7 +74,7 @@ def _tiny_model(folder: Path) -> Path:
     """A two-layer Qwen2 with random weights and the embedded model's tokenizer."""
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    from ctxfold.models._weights import ensure_weights
+    from ctxfold.models.local import ensure_weights
 
     gguf = ensure_weights("qwen2.5-coder-0.5b")
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

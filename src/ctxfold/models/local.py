@@ -56,6 +56,7 @@ __all__ = [
     "DEFAULT_OPTIONS",
     "DEFAULT_PARALLEL",
     "LocalModel",
+    "ensure_weights",
     "list_local_models",
     "load_local_model",
 ]

@@ -47,35 +47,9 @@ def write_big_trace(path: str | os.PathLike[str], *, subcalls: int, turns: int =
             )
         )
         started = t
-        for i in range(min(per_turn, subcalls - call)):
-            t0 = started + (i // 16) * 0.2
-            prompt = f"Label this line: line {call} of the log"
-            trace.emit(
-                SubcallStart(
-                    t=t0,
-                    depth=1,
-                    call_id=call,
-                    kind="llm",
-                    model="sub",
-                    prompt_chars=len(prompt),
-                    prompt_preview=prompt,
-                )
-            )
-            trace.emit(
-                SubcallEnd(
-                    t=t0 + 0.2,
-                    depth=1,
-                    call_id=call,
-                    kind="llm",
-                    model="sub",
-                    input_tokens=12,
-                    output_tokens=2,
-                    latency_s=0.2,
-                    response=f"label {call % 7}",
-                )
-            )
-            call += 1
-            t = max(t, t0 + 0.2)
+        count = min(per_turn, subcalls - call)
+        t = max(t, _subcalls(trace, start=call, count=count, at=started))
+        call += count
         trace.emit(
             Cell(
                 t=t,
@@ -99,3 +73,38 @@ def write_big_trace(path: str | os.PathLike[str], *, subcalls: int, turns: int =
     }
     trace.emit(RunEnd(t=t, answer="done", ready=True, stop_reason="ready", usage=usage, seconds=t))
     trace.close()
+
+
+def _subcalls(trace: Trace, *, start: int, count: int, at: float) -> float:
+    """``count`` sub-calls numbered from ``start``, 16 at a time from ``at``, each taking
+    0.2 s; returns when the last one ended."""
+    end = at
+    for i in range(count):
+        call, t0 = start + i, at + (i // 16) * 0.2
+        prompt = f"Label this line: line {call} of the log"
+        trace.emit(
+            SubcallStart(
+                t=t0,
+                depth=1,
+                call_id=call,
+                kind="llm",
+                model="sub",
+                prompt_chars=len(prompt),
+                prompt_preview=prompt,
+            )
+        )
+        trace.emit(
+            SubcallEnd(
+                t=t0 + 0.2,
+                depth=1,
+                call_id=call,
+                kind="llm",
+                model="sub",
+                input_tokens=12,
+                output_tokens=2,
+                latency_s=0.2,
+                response=f"label {call % 7}",
+            )
+        )
+        end = max(end, t0 + 0.2)
+    return end

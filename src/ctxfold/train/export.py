@@ -190,6 +190,17 @@ def export_examples(
             instances[part].add(run.instance)
     if not report.kept:
         raise CtxfoldError(f"no run was kept of the {report.runs} read: {_why(report)}")
+    _write(split, instances, out, report)
+    return report
+
+
+def _write(
+    split: dict[str, list[list[dict[str, str]]]],
+    instances: dict[str, set[str]],
+    out: Path,
+    report: ExportReport,
+) -> None:
+    """Write the train and validation examples and the report, counting them in ``report``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     for part, path in (("train", out), ("val", out.with_name(f"{out.stem}.val.jsonl"))):
         if part == "val" and not split["val"]:
@@ -207,7 +218,6 @@ def export_examples(
     report_path = out.with_name(f"{out.stem}.report.json")
     report.files["report"] = str(report_path)
     report_path.write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
-    return report
 
 
 def _why(report: ExportReport) -> str:

@@ -103,7 +103,7 @@ def _load_base(spec: str) -> tuple[Any, Any]:
 def _where(spec: str) -> tuple[str, str | None]:
     """``(folder, gguf file name or None)`` of a base model spec."""
     if spec == "local" or (spec.startswith("local:") and not spec.endswith(".gguf")):
-        from ctxfold.models._weights import ensure_weights  # the embedded weights
+        from ctxfold.models.local import ensure_weights  # the embedded weights (the file)
 
         name = spec.partition(":")[2] or "qwen2.5-coder-0.5b"
         path = ensure_weights(name)
