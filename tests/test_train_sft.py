@@ -4,6 +4,7 @@ rollouts -> export -> LoRA SFT -> GGUF -> an RLM run on it (the real local engin
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,7 +95,9 @@ def _tiny_model(folder: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_rollouts_export_sft_gguf_and_a_run_on_it(tmp_path: Path) -> None:
+def test_rollouts_export_sft_gguf_and_a_run_on_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     pytest.importorskip("trl")
     rollouts, data = tmp_path / "rollouts", tmp_path / "data.jsonl"
     with FakeOpenAIServer(_finder) as fake:
@@ -107,11 +110,17 @@ def test_rollouts_export_sft_gguf_and_a_run_on_it(tmp_path: Path) -> None:
     out = tmp_path / "sft"
     sft = ["train", "sft", "--data", str(data), "--base", str(base), "--out", str(out)]
     assert main([*sft, "--lora-rank", "4", "--max-length", "1024", "--grad-accum", "1"]) == 0
+    # the loss is taken on the assistant's replies only: a part of the tokens, not all of them
+    trained = re.search(r"trained on ([\d,]+) of ([\d,]+) tokens", capsys.readouterr().err)
+    assert trained is not None
+    part, whole = (int(n.replace(",", "")) for n in trained.groups())
+    assert 0 < part < whole / 2
     gguf = out / "model.gguf"
     assert gguf.stat().st_size > 1_000_000
     assert (out / "loss.png").is_file() and (out / "merged" / "config.json").is_file()
     config = json.loads((out / "sft-config.json").read_text())
     assert config["lora_rank"] == 4 and config["base"] == str(base)
+    assert config["loss"] == "assistant" and config["outtype"] == "q8_0"
     # the checkpoint a killed run would go on from
     assert list((out / "checkpoints").glob("checkpoint-*"))
     # the embedded engine runs the result (random weights: any answer, but a whole run)

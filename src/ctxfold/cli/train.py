@@ -72,6 +72,18 @@ def register(verbs: Any) -> None:
     sft.add_argument("--learning-rate", type=float, default=2e-4, metavar="LR")
     sft.add_argument("--max-length", type=int, default=4096, metavar="TOKENS")
     sft.add_argument("--grad-accum", type=int, default=4, metavar="N")
+    sft.add_argument(
+        "--loss",
+        choices=("assistant", "all"),
+        default="assistant",
+        help="train on the assistant's replies only (default) or on every token",
+    )
+    sft.add_argument(
+        "--outtype",
+        choices=("q8_0", "f16", "bf16", "f32"),
+        default="q8_0",
+        help="weight type of the GGUF written (default q8_0)",
+    )
     sft.set_defaults(run=run_sft)
 
 
@@ -122,9 +134,16 @@ def run_sft(args: argparse.Namespace) -> int:
             learning_rate=args.learning_rate,
             max_length=args.max_length,
             grad_accum=args.grad_accum,
+            loss=args.loss,
+            outtype=args.outtype,
         )
     )
     print(result.gguf)
+    share = result.trained_tokens / max(1, result.tokens)
+    print(
+        f"trained on {result.trained_tokens:,} of {result.tokens:,} tokens ({share:.0%})",
+        file=sys.stderr,
+    )
     losses = result.losses
     if losses:
         print(f"loss {losses[0]:.3f} -> {losses[-1]:.3f} over {len(losses)} steps", file=sys.stderr)

@@ -37,16 +37,27 @@ class SFTOptions:
     grad_accum: int = 4
     save_steps: int = 50
     seed: int = 0
+    loss: str = "assistant"
+    outtype: str = "q8_0"
+
+
+LOSSES = ("assistant", "all")
+"""What the loss is taken on: the assistant's turns only, or every token of an example."""
+OUTTYPES = ("q8_0", "f16", "bf16", "f32")
+"""GGUF weight types the converter writes (q8_0: half the size of f16, near-lossless)."""
 
 
 @dataclass(frozen=True, slots=True)
 class SFTResult:
-    """Where the run's products are, and its training losses (one per logged step)."""
+    """Where the run's products are, its training losses (one per logged step), and how many
+    tokens of the examples the loss was taken on, of how many."""
 
     gguf: Path
     merged: Path
     losses: list[float]
     plot: Path | None
+    trained_tokens: int = 0
+    tokens: int = 0
 
 
 def read_examples(path: Path) -> list[dict[str, Any]]:
@@ -141,6 +152,10 @@ def run_sft(options: SFTOptions) -> SFTResult:
     examples = read_examples(options.data)
     if options.lora_rank < 1 or options.epochs <= 0:
         raise CtxfoldError("--lora-rank must be >= 1 and --epochs > 0")
+    if options.loss not in LOSSES or options.outtype not in OUTTYPES:
+        raise CtxfoldError(
+            f"--loss is one of {', '.join(LOSSES)}; --outtype one of {', '.join(OUTTYPES)}"
+        )
     _converter()  # fail before training, not after
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
@@ -162,19 +177,26 @@ def run_sft(options: SFTOptions) -> SFTResult:
         save_total_limit=2,
         report_to=[],
         seed=options.seed,
+        # the model learns to write the replies, not to recite the prompt and the feedback
+        assistant_only_loss=options.loss == "assistant",
         use_cpu=not torch.cuda.is_available(),
     )
     rank = options.lora_rank
     peft = LoraConfig(
         r=rank, lora_alpha=2 * rank, target_modules="all-linear", task_type="CAUSAL_LM"
     )
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(examples),
-        processing_class=tokenizer,
-        peft_config=peft,
-    )
+    try:
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(examples),
+            processing_class=tokenizer,
+            peft_config=peft,
+        )
+    except (ValueError, RuntimeError) as exc:  # e.g. a template TRL cannot mark replies in
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "ValueError"
+        raise CtxfoldError(f"cannot prepare the training data: {first} (try --loss all)") from None
+    trained, total = _token_counts(trainer.train_dataset)
     resume = checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if resume else None)
     losses = [float(e["loss"]) for e in trainer.state.log_history if "loss" in e]
@@ -185,12 +207,21 @@ def run_sft(options: SFTOptions) -> SFTResult:
     gguf = out / "model.gguf"
     convert = [sys.executable, str(_converter()), str(merged), "--outfile", str(gguf)]
     done = subprocess.run(
-        [*convert, "--outtype", "f16"], capture_output=True, text=True, check=False
+        [*convert, "--outtype", options.outtype], capture_output=True, text=True, check=False
     )
     if done.returncode != 0 or not gguf.is_file():
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise CtxfoldError(f"the GGUF conversion failed: {last}")
-    return SFTResult(gguf=gguf, merged=merged, losses=losses, plot=_plot(losses, out))
+    plot = _plot(losses, out)
+    return SFTResult(gguf, merged, losses, plot, trained_tokens=trained, tokens=total)
+
+
+def _token_counts(dataset: Any) -> tuple[int, int]:
+    """``(tokens the loss is taken on, all tokens)`` of a tokenized training set."""
+    total = sum(len(ids) for ids in dataset["input_ids"])
+    if "labels" in dataset.column_names:  # -100 marks a token left out of the loss
+        return sum(sum(label != -100 for label in labels) for labels in dataset["labels"]), total
+    return total, total
 
 
 def _plot(losses: list[float], out: Path) -> Path | None:
