@@ -84,6 +84,12 @@ def register(verbs: Any) -> None:
         default="q8_0",
         help="weight type of the GGUF written (default q8_0)",
     )
+    sft.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16"),
+        default="auto",
+        help="what the base is trained in (auto: bfloat16 where the hardware computes it)",
+    )
     sft.set_defaults(run=run_sft)
 
 
@@ -136,6 +142,7 @@ def run_sft(args: argparse.Namespace) -> int:
             grad_accum=args.grad_accum,
             loss=args.loss,
             outtype=args.outtype,
+            dtype=args.dtype,
         )
     )
     print(result.gguf)

@@ -39,12 +39,16 @@ class SFTOptions:
     seed: int = 0
     loss: str = "assistant"
     outtype: str = "q8_0"
+    dtype: str = "auto"
 
 
 LOSSES = ("assistant", "all")
 """What the loss is taken on: the assistant's turns only, or every token of an example."""
 OUTTYPES = ("q8_0", "f16", "bf16", "f32")
 """GGUF weight types the converter writes (q8_0: half the size of f16, near-lossless)."""
+DTYPES = ("auto", "float32", "bfloat16")
+"""What the base is trained in; ``auto``: bfloat16 where the hardware computes it natively (a
+CUDA GPU that supports it, a CPU with AVX-512 BF16 or AMX), else float32."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,14 +99,18 @@ def read_examples(path: Path) -> list[dict[str, Any]]:
     return examples
 
 
-def _load_base(spec: str) -> tuple[Any, Any]:
-    """The base model (float32, on the CPU unless a GPU is there) and its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _load_base(spec: str, dtype: str) -> tuple[Any, Any]:
+    """The base model in ``dtype`` (a GGUF's weights unpacked, so that the adapter can be merged
+    into them) and its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     folder, gguf = _where(spec)
+    unpacked = {"quantization_config": GgufConfig(dequantize=True)} if gguf else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype="float32")
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=gguf, dtype=dtype, **unpacked
+        )
     except (OSError, ValueError, ImportError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CtxfoldError(f"cannot load the base model {spec!r}: {first}") from None
@@ -152,9 +160,10 @@ def run_sft(options: SFTOptions) -> SFTResult:
     examples = read_examples(options.data)
     if options.lora_rank < 1 or options.epochs <= 0:
         raise CtxfoldError("--lora-rank must be >= 1 and --epochs > 0")
-    if options.loss not in LOSSES or options.outtype not in OUTTYPES:
+    if options.loss not in LOSSES or options.outtype not in OUTTYPES or options.dtype not in DTYPES:
         raise CtxfoldError(
-            f"--loss is one of {', '.join(LOSSES)}; --outtype one of {', '.join(OUTTYPES)}"
+            f"--loss is one of {', '.join(LOSSES)}; --outtype one of {', '.join(OUTTYPES)}; "
+            f"--dtype one of {', '.join(DTYPES)}"
         )
     _converter()  # fail before training, not after
     out = options.out
@@ -162,7 +171,7 @@ def run_sft(options: SFTOptions) -> SFTResult:
     config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()}
     (out / "sft-config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     torch.manual_seed(options.seed)
-    model, tokenizer = _load_base(options.base)
+    model, tokenizer = _load_base(options.base, _dtype(options.dtype))
     checkpoints = out / "checkpoints"
     args = SFTConfig(
         output_dir=str(checkpoints),
@@ -214,6 +223,17 @@ def run_sft(options: SFTOptions) -> SFTResult:
         raise CtxfoldError(f"the GGUF conversion failed: {last}")
     plot = _plot(losses, out)
     return SFTResult(gguf, merged, losses, plot, trained_tokens=trained, tokens=total)
+
+
+def _dtype(name: str) -> str:
+    """``name``, with ``auto`` settled for this machine."""
+    if name != "auto":
+        return name
+    import torch
+
+    if torch.cuda.is_available():
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
 
 
 def _token_counts(dataset: Any) -> tuple[int, int]:
