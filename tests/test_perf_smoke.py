@@ -34,3 +34,10 @@ def test_run_perf_tiny_reports_every_figure() -> None:
     assert "| measure | ctxfold" in text
     assert "batch: most requests in flight | 4 |" in text
     assert "rlms / ctxfold" not in text
+    # each measure's spread over the repeats (one repeat here: min = median = max)
+    spread = f"{perf.batch_ratio:.3f} / {perf.batch_ratio:.3f} / {perf.batch_ratio:.3f}"
+    assert f"| batch: wall time / ideal | {spread} |" in text
+    assert "| batch: most requests in flight | 4 / 4 / 4 |" in text
+    assert "cold start (ms) |" in text
+    every = report.targets["batch <= 1.05 x ideal in every repeat"]
+    assert every == (perf.batch_ratio <= 1.05)
