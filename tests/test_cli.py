@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import worker_children
+from ctxfold.cli import main
 from ctxfold.testing.fake_openai import FakeOpenAIServer
 
 
@@ -118,6 +119,26 @@ def test_bench_ray_cpus_is_checked_before_anything_runs(tmp_path: Path) -> None:
         assert len(lines) == 1 and lines[0].startswith("ctxfold: error:"), (extra, proc.stderr)
         assert message in lines[0], (extra, proc.stderr)
     assert not (tmp_path / "bench").exists()
+
+
+def test_bench_perf_takes_its_repeats_from_n(monkeypatch) -> None:
+    proc = ctxfold("bench", "perf", "--n", "0")
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "ctxfold: error: --n (the repeats of perf) must be at least 1"
+    )
+    seen: dict[str, int] = {}
+
+    class _Report:
+        def to_markdown(self) -> str:
+            return "table"
+
+    def fake_perf(*, repeats: int) -> _Report:
+        seen["repeats"] = repeats
+        return _Report()
+
+    monkeypatch.setattr("ctxfold.bench.perf.run_perf", fake_perf)
+    assert main(["bench", "perf", "--n", "20"]) == 0
+    assert seen == {"repeats": 20}
 
 
 def test_bench_ray_cpus_reaches_run_bench(tmp_path: Path, monkeypatch) -> None:

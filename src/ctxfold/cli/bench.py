@@ -24,7 +24,9 @@ def register(verbs: Any) -> None:
     bench.add_argument("task", nargs="?", help="task name, 'perf' or 'report'")
     bench.add_argument("--list", action="store_true", help="list the tasks and the methods")
     bench.add_argument("--methods", default="base,rlm", help="comma-separated (default: base,rlm)")
-    bench.add_argument("--n", type=int, default=3, help="instances per length (default 3)")
+    bench.add_argument(
+        "--n", type=int, default=3, help="instances per length; for perf, repeats (default 3)"
+    )
     bench.add_argument("--lengths", default=None, help="comma-separated input lengths in tokens")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--model", "-m", default="local")
@@ -102,7 +104,9 @@ def bench_command(args: argparse.Namespace) -> int:
     if args.task == "perf":
         from ctxfold.bench.perf import run_perf
 
-        report = run_perf()
+        if args.n < 1:
+            raise CtxfoldError("--n (the repeats of perf) must be at least 1")
+        report = run_perf(repeats=args.n)
         print(report.to_markdown())
         return 0
     if args.task == "report":
