@@ -245,11 +245,15 @@ def cached_models(cache_path: str | None, root: Model, sub: Model) -> tuple[Mode
 
 
 def load_rows(path: Path) -> list[dict[str, Any]]:
-    """Read a results file (torn lines skipped)."""
+    """The rows of a results file: one JSON object per line. A line that is not one (the torn
+    last line a killed bench leaves) is skipped, and bytes that are not UTF-8 are replaced, so
+    every reader (reports, the viewer, the training export) sees the same rows."""
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            row = json.loads(line)
+        except ValueError:
             continue
+        if isinstance(row, dict):
+            rows.append(row)
     return rows

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ctxfold.bench import load_rows
 from ctxfold.errors import CtxfoldError
 from ctxfold.trace import Event, Feedback, RootPrompt, RootResponse, RunEnd, RunStart, Trace
 
@@ -121,16 +122,11 @@ def recorded_runs(source: Path) -> Iterator[RecordedRun]:
         for path in sorted(source.rglob("*.jsonl")):
             yield from _from_trace(path, None, None)
         return
-    rows = []
-    for number, line in enumerate(results.read_text(encoding="utf-8").splitlines(), 1):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a torn last line, as the bench leaves when killed
-        if not isinstance(row, dict):
-            raise CtxfoldError(f"{results}:{number} is not a results row")
-        if row.get("trace") and isinstance(row.get("score"), int | float):
-            rows.append(row)
+    rows = [
+        row
+        for row in load_rows(results)
+        if row.get("trace") and isinstance(row.get("score"), int | float)
+    ]
     if not rows:
         raise CtxfoldError(
             f"{source} has no scored runs with a trace (run `ctxfold train rollouts` into it)"

@@ -8,7 +8,6 @@ it is opened, and polls while a run is still being written.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ctxfold.bench import load_rows
 from ctxfold.errors import CtxfoldError
 from ctxfold.view._index import (
     NotATrace,
@@ -218,22 +218,9 @@ class _Viewer:
 
 
 def _bench_rows(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a torn last line
-        if isinstance(row, dict):
-            tokens = sum(
-                int(row.get(k) or 0)
-                for k in (
-                    "root_input_tokens",
-                    "root_output_tokens",
-                    "sub_input_tokens",
-                    "sub_output_tokens",
-                )
-            )
-            keep = ("task", "instance", "method", "score", "cost_usd", "wall_s", "error", "trace")
-            rows.append({k: row.get(k) for k in keep} | {"tokens": tokens})
-    return rows
+    keep = ("task", "instance", "method", "score", "cost_usd", "wall_s", "error", "trace")
+    counted = ("root_input_tokens", "root_output_tokens", "sub_input_tokens", "sub_output_tokens")
+    return [
+        {k: row.get(k) for k in keep} | {"tokens": sum(int(row.get(k) or 0) for k in counted)}
+        for row in load_rows(path)
+    ]
