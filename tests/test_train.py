@@ -119,3 +119,50 @@ def test_bad_exports_are_one_line_errors(tmp_path: Path) -> None:
         assert words in done.stderr
     bad = _ctxfold("train", "rollouts", "sniah", "--samples", "0", "--out", str(tmp_path / "r"))
     assert bad.returncode == 2 and "--samples must be at least 1" in bad.stderr
+
+
+def _delegator(messages: list[dict[str, Any]]) -> str:
+    """A root that asks a sub-call for the needle's line and answers with it; the sub-call
+    (the same fake model, told apart by its prompt) answers with the number."""
+    text = messages[-1]["content"]
+    if text.startswith("Find the magic number"):
+        return re.findall(r"is: (\d{7})", text)[0]
+    if "Output" in text:
+        return '```python\nanswer["content"] = found\nanswer["ready"] = True\n```'
+    return (
+        "```python\nline = [l for l in context.splitlines() if 'magic number' in l][0]\n"
+        "found = llm_query('Find the magic number in this text. ' + 'Read it carefully. ' * 20"
+        " + line)\nprint(found)\n```"
+    )
+
+
+def test_export_turns_sub_writes_each_answered_sub_call_in_full(
+    tmp_path: Path, capsys: Any
+) -> None:
+    out, data = tmp_path / "rollouts", tmp_path / "sub.jsonl"
+    with FakeOpenAIServer(_delegator) as fake:
+        args = ["train", "rollouts", "sniah", "--n", "2", "--lengths", "1500", "--seed", "2"]
+        assert (
+            main([*args, "--model", f"openai:fake@{fake.base_url}", "--out", str(out), "-q"]) == 0
+        )
+    export = ["train", "export", str(out), "--min-score", "1", "--val-fraction", "0"]
+    assert main([*export, "--turns", "sub", "--out", str(data)]) == 0
+    subs = [json.loads(line)["messages"] for line in data.read_text().splitlines()]
+    assert len(subs) == 2  # one sub-call per run, both runs right
+    for messages in subs:
+        assert [m["role"] for m in messages] == ["user", "assistant"]
+        prompt = messages[0]["content"]
+        assert len(prompt) > 400 and "is: " in prompt  # the whole prompt, not a preview
+        assert re.fullmatch(r"\d{7}", messages[1]["content"])
+    assert "examples: 0 root, 2 sub-call" in capsys.readouterr().out
+    both = tmp_path / "all.jsonl"
+    assert main([*export, "--turns", "all", "--out", str(both)]) == 0
+    kinds = [json.loads(line)["messages"][0]["role"] for line in both.read_text().splitlines()]
+    assert sorted(kinds) == ["system", "system", "user", "user"]
+    # a trace made without recording sub-call messages has none to give
+    plain = tmp_path / "plain.jsonl"
+    with FakeOpenAIServer(_delegator) as fake:
+        rlm = ctxfold.RLM(f"openai:fake@{fake.base_url}")
+        rlm.run("What is the magic number?", "x\nthe magic number is: 1234567\n", trace=plain)
+        rlm.close()
+    assert recorded_runs(plain).__next__().subcalls == []

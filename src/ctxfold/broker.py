@@ -124,7 +124,9 @@ class Broker:
         if item.system:
             messages.append({"role": "system", "content": item.system})
         messages.append({"role": "user", "content": prompt})
-        call_id, started = self._start("llm", model.name, item, key or request_key("llm", item))
+        call_id, started = self._start(
+            "llm", model.name, item, key or request_key("llm", item), messages
+        )
         try:
             completion = self._complete(model, messages, call_id, depth, item.choices)
             text, error = completion.text, None
@@ -254,9 +256,20 @@ class Broker:
             options=shared.call_options(),
         )
 
-    def _start(self, kind: str, model: str, item: SubcallItem, key: str) -> tuple[int, float]:
-        """Trace the start of a sub-call; returns its id and start time."""
+    def _start(
+        self,
+        kind: str,
+        model: str,
+        item: SubcallItem,
+        key: str,
+        messages: list[Message] | None = None,
+    ) -> tuple[int, float]:
+        """Trace the start of a sub-call (with its ``messages`` when the trace records them);
+        returns its id and start time."""
         call_id = self._shared.next_id()
+        full = None
+        if messages is not None and self._shared.trace.subcall_messages:
+            full = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
         self._shared.emit(
             SubcallStart(
                 t=self._shared.trace.elapsed(),
@@ -267,6 +280,7 @@ class Broker:
                 prompt_chars=len(item.prompt),
                 prompt_preview=item.prompt[:_PREVIEW],
                 key=key,
+                messages=full,
             )
         )
         return call_id, time.monotonic()

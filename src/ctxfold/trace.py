@@ -15,6 +15,7 @@ import time
 import types
 import typing
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any, ClassVar, get_type_hints
@@ -129,6 +130,8 @@ class SubcallStart(Event):
     prompt_chars: int
     prompt_preview: str
     key: str = ""  # a hash of the request, to answer it from the trace when a run is resumed
+    # The messages sent, in full, when the trace records them (see subcall_messages()).
+    messages: list[dict[str, str]] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -299,10 +302,37 @@ def _fits(value: Any, hint: Any) -> bool:
     return isinstance(value, hint)
 
 
-class Trace:
-    """The events of one run, in order. Thread-safe; optionally streamed to a JSONL file."""
+_SUBCALL_MESSAGES: ContextVar[bool] = ContextVar("ctxfold_subcall_messages", default=False)
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, *, append: bool = False) -> None:
+
+@contextlib.contextmanager
+def subcall_messages(record: bool = True) -> Iterator[None]:
+    """Traces made inside this block (in this thread or asyncio task) record every plain
+    sub-call's messages in full (``SubcallStart.messages``), which ``ctxfold train export
+    --turns sub`` needs; other traces keep a 200-character preview of each prompt."""
+    token = _SUBCALL_MESSAGES.set(record)
+    try:
+        yield
+    finally:
+        _SUBCALL_MESSAGES.reset(token)
+
+
+class Trace:
+    """The events of one run, in order. Thread-safe; optionally streamed to a JSONL file.
+
+    ``subcall_messages``: record each sub-call's messages in full (``None``: as the enclosing
+    :func:`subcall_messages` block says, else not).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        append: bool = False,
+        subcall_messages: bool | None = None,
+    ) -> None:
+        record = _SUBCALL_MESSAGES.get() if subcall_messages is None else subcall_messages
+        self.subcall_messages = record
         self._lock = threading.Lock()
         self._events: list[Event] = []
         self._start = time.monotonic()

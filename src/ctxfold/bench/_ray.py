@@ -37,6 +37,7 @@ def _remote_one(
     iters: int,
     traces: Path | None = None,
     cache: str | None = None,
+    subcall_messages: bool = False,
 ) -> dict[str, Any]:
     """The body of one Ray task: resolve the models, run the pair, close the models."""
     import traceback
@@ -52,7 +53,9 @@ def _remote_one(
         if sub is not root:
             owned.append(sub)
         root, sub = cached_models(cache, root, sub)
-        return run_one(instance, method, root, sub, iters, traces)
+        return run_one(
+            instance, method, root, sub, iters, traces, subcall_messages=subcall_messages
+        )
     except Exception as exc:  # a model that cannot be built fails its pair, not the bench
         error = f"{type(exc).__name__}: {exc}"
         detail = traceback.format_exc(limit=3)
@@ -151,6 +154,7 @@ def run_on_ray(
                 spec.max_iterations,
                 traces,
                 spec.cache,
+                spec.subcall_messages,
             )
             pending[ref] = (inst, method)
         while pending:

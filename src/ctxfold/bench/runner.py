@@ -20,6 +20,7 @@ from ctxfold.bench.tasks import get_task
 from ctxfold.cache import CachedModel, ResponseCache
 from ctxfold.errors import CtxfoldError
 from ctxfold.models import Model, WithOptions, resolve_model
+from ctxfold.trace import subcall_messages as record_subcalls
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,8 @@ class BenchSpec:
     temperature: float | None = None
     # A response cache (a path; "" for the default file), or None for none.
     cache: str | None = None
+    # Saved traces record each sub-call's messages in full (training exports of sub-calls).
+    subcall_messages: bool = False
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -113,16 +116,20 @@ def run_one(
     sub: Model,
     iters: int,
     traces: Path | None = None,
+    *,
+    subcall_messages: bool = False,
 ) -> dict[str, Any]:
     """One (instance, method) pair as a result row. Failures become rows with an ``error``.
 
     With ``traces`` (a folder), an RLM method's trace is saved there and the row's ``trace``
-    names the file (relative to the folder's parent, where the results file is).
+    names the file (relative to the folder's parent, where the results file is); with
+    ``subcall_messages`` it records each sub-call's messages in full.
     """
     task = get_task(instance.task)
     try:
         sampled_root, sampled_sub = _sampling(instance, root, sub)
-        result, seconds = timed(METHODS[method], instance, sampled_root, sampled_sub, iters)
+        with record_subcalls(subcall_messages):
+            result, seconds = timed(METHODS[method], instance, sampled_root, sampled_sub, iters)
     except Exception as exc:  # a failing instance is a data point, not the end of the bench
         error = f"{type(exc).__name__}: {exc}"
         return error_row(
@@ -228,7 +235,15 @@ def _run_local(
     root, sub = cached_models(spec.cache, root, sub)
     try:
         for instance, method in todo:
-            yield run_one(instance, method, root, sub, spec.max_iterations, traces)
+            yield run_one(
+                instance,
+                method,
+                root,
+                sub,
+                spec.max_iterations,
+                traces,
+                subcall_messages=spec.subcall_messages,
+            )
     finally:
         for model in owned:
             model.close()

@@ -51,9 +51,10 @@ def register(verbs: Any) -> None:
     )
     export.add_argument(
         "--turns",
-        choices=("root",),
+        choices=("root", "sub", "all"),
         default="root",
-        help="which conversations become examples (root: the root model's)",
+        help="which conversations become examples: the root model's (default), each "
+        "answered sub-call's (recorded by train rollouts), or both",
     )
     export.add_argument("--val-fraction", type=float, default=0.1, metavar="F")
     export.add_argument("--seed", type=int, default=0, help="seed of the train/validation split")
@@ -99,7 +100,9 @@ def run_rollouts(args: argparse.Namespace) -> int:
     temperature = args.temperature
     if temperature is None and args.samples > 1:
         temperature = 0.7  # several greedy samples would be one sample, K times
-    spec = bench_spec(args, ("rlm",), samples=args.samples, temperature=temperature)
+    spec = bench_spec(
+        args, ("rlm",), samples=args.samples, temperature=temperature, subcall_messages=True
+    )
     return run_with_progress(spec, Path(args.out), args)
 
 
@@ -114,6 +117,7 @@ def run_export(args: argparse.Namespace) -> int:
         min_score=args.min_score,
         val_fraction=args.val_fraction,
         seed=args.seed,
+        turns=args.turns,
     )
     print(report.text())
     print(f"report: {report.files['report']}", file=sys.stderr)

@@ -17,9 +17,30 @@ from pathlib import Path
 
 from ctxfold.bench import load_rows
 from ctxfold.errors import CtxfoldError
-from ctxfold.trace import Event, Feedback, RootPrompt, RootResponse, RunEnd, RunStart, Trace
+from ctxfold.trace import (
+    Event,
+    Feedback,
+    RootPrompt,
+    RootResponse,
+    RunEnd,
+    RunStart,
+    SubcallEnd,
+    SubcallStart,
+    Trace,
+)
 
-__all__ = ["ExportReport", "RecordedRun", "export_examples", "recorded_runs", "root_conversation"]
+__all__ = [
+    "TURNS",
+    "ExportReport",
+    "RecordedRun",
+    "export_examples",
+    "recorded_runs",
+    "root_conversation",
+    "subcall_conversations",
+]
+
+TURNS = ("root", "sub", "all")
+"""Which conversations become examples: the root model's, the sub-calls', or both."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +48,8 @@ class RecordedRun:
     """One run read back from a trace: its conversation and how it ended.
 
     ``instance`` groups the samples of one task instance (the train/validation split never
-    divides it); ``score`` is the bench scorer's, ``None`` for a trace without one.
+    divides it); ``score`` is the bench scorer's, ``None`` for a trace without one;
+    ``subcalls`` are its answered sub-calls' conversations (when the trace recorded them).
     """
 
     source: str
@@ -35,6 +57,7 @@ class RecordedRun:
     messages: list[dict[str, str]]
     ready: bool
     score: float | None
+    subcalls: list[list[dict[str, str]]] = field(default_factory=list)
 
 
 @dataclass
@@ -43,6 +66,8 @@ class ExportReport:
 
     runs: int = 0
     kept: int = 0
+    root_examples: int = 0
+    sub_examples: int = 0
     below_score: int = 0
     not_ready: int = 0
     no_conversation: int = 0
@@ -57,13 +82,15 @@ class ExportReport:
     def text(self) -> str:
         return (
             f"read {self.runs} runs; kept {self.kept} (dropped: {self.below_score} below the "
-            f"score, {self.not_ready} not ready, {self.no_conversation} without a root "
-            f"conversation, {self.duplicates} duplicates)\n"
+            f"score, {self.not_ready} not ready, {self.no_conversation} without the "
+            f"conversations asked for)\n"
+            f"examples: {self.root_examples} root, {self.sub_examples} sub-call "
+            f"({self.duplicates} duplicates dropped)\n"
             f"train: {self.train_examples} examples from {self.train_instances} instances -> "
             f"{self.files.get('train', '-')}\n"
             f"validation: {self.val_examples} examples from {self.val_instances} instances -> "
             f"{self.files.get('val', '-')}\n"
-            f"mean root turns per example: {self.mean_turns:.1f}"
+            f"mean assistant turns per example: {self.mean_turns:.1f}"
         )
 
 
@@ -83,6 +110,17 @@ def root_conversation(events: Sequence[Event]) -> list[dict[str, str]]:
     while messages and messages[-1]["role"] != "assistant":
         messages.pop()
     return messages
+
+
+def subcall_conversations(events: Sequence[Event]) -> list[list[dict[str, str]]]:
+    """Every answered sub-call in ``events`` whose messages the trace recorded in full (see
+    :func:`ctxfold.trace.subcall_messages`), as its messages and the reply."""
+    sent = {e.call_id: e.messages for e in events if isinstance(e, SubcallStart) and e.messages}
+    return [
+        [*sent[e.call_id], {"role": "assistant", "content": e.response}]
+        for e in events
+        if isinstance(e, SubcallEnd) and e.error is None and e.response and e.call_id in sent
+    ]
 
 
 def _load(path: Path) -> Trace:
@@ -106,6 +144,7 @@ def _from_trace(path: Path, score: float | None, instance: str | None) -> Iterat
             messages=root_conversation(events),
             ready=bool(end and end.ready),
             score=score,
+            subcalls=subcall_conversations(events),
         )
 
 
@@ -148,16 +187,21 @@ def export_examples(
     min_score: float | None = None,
     val_fraction: float = 0.1,
     seed: int = 0,
+    turns: str = "root",
 ) -> ExportReport:
-    """Write the kept runs' root conversations as chat examples to ``out`` (training) and
+    """Write the kept runs' conversations as chat examples to ``out`` (training) and
     ``OUT.val.jsonl`` (validation: a ``val_fraction`` of the instances, never a part of one).
 
     A run is kept when its score is at least ``min_score`` (scored runs), or when it ended
-    ready (runs without a score, or all runs when ``min_score`` is ``None``). Conversations
-    seen before are dropped. Raises :class:`CtxfoldError` (one line) on bad input.
+    ready (runs without a score, or all runs when ``min_score`` is ``None``). ``turns``: its
+    root conversation (``"root"``), each of its answered sub-calls (``"sub"``: the traces of
+    ``ctxfold train rollouts`` record them in full), or both (``"all"``). Conversations seen
+    before are dropped. Raises :class:`CtxfoldError` (one line) on bad input.
     """
     if not 0 <= val_fraction < 1:
         raise CtxfoldError("--val-fraction must be in [0, 1)")
+    if turns not in TURNS:
+        raise CtxfoldError(f"--turns is one of {', '.join(TURNS)}")
     report = ExportReport()
     seen: set[str] = set()
     split: dict[str, list[list[dict[str, str]]]] = {"train": [], "val": []}
@@ -165,29 +209,55 @@ def export_examples(
     for source in sources:
         for run in recorded_runs(source):
             report.runs += 1
-            if run.score is not None and min_score is not None:
-                if run.score < min_score:
-                    report.below_score += 1
-                    continue
-            elif not run.ready:
-                report.not_ready += 1
+            if not _kept(run, min_score, report):
                 continue
-            if not run.messages:
+            examples = _examples(run, turns)
+            if not examples:
                 report.no_conversation += 1
                 continue
-            key = hashlib.sha256(json.dumps(run.messages).encode()).hexdigest()
-            if key in seen:
-                report.duplicates += 1
-                continue
-            seen.add(key)
-            report.kept += 1
             part = "val" if _is_validation(run.instance, val_fraction, seed) else "train"
-            split[part].append(run.messages)
-            instances[part].add(run.instance)
+            new = 0
+            for kind, messages in examples:
+                key = hashlib.sha256(json.dumps(messages).encode()).hexdigest()
+                if key in seen:
+                    report.duplicates += 1
+                    continue
+                seen.add(key)
+                split[part].append(messages)
+                new += 1
+                if kind == "root":
+                    report.root_examples += 1
+                else:
+                    report.sub_examples += 1
+            if new:  # a run is kept when it gave at least one example not seen before
+                report.kept += 1
+                instances[part].add(run.instance)
     if not report.kept:
         raise CtxfoldError(f"no run was kept of the {report.runs} read: {_why(report)}")
     _write(split, instances, out, report)
     return report
+
+
+def _kept(run: RecordedRun, min_score: float | None, report: ExportReport) -> bool:
+    """Whether ``run`` passes the filter (counting it in ``report`` when it does not)."""
+    if run.score is not None and min_score is not None:
+        if run.score < min_score:
+            report.below_score += 1
+            return False
+    elif not run.ready:
+        report.not_ready += 1
+        return False
+    return True
+
+
+def _examples(run: RecordedRun, turns: str) -> list[tuple[str, list[dict[str, str]]]]:
+    """The conversations of ``run`` that ``turns`` asks for, each with its kind."""
+    found: list[tuple[str, list[dict[str, str]]]] = []
+    if turns in ("root", "all") and run.messages:
+        found.append(("root", run.messages))
+    if turns in ("sub", "all"):
+        found += [("sub", messages) for messages in run.subcalls]
+    return found
 
 
 def _write(
@@ -210,7 +280,7 @@ def _write(
     kept = split["train"] + split["val"]
     report.mean_turns = sum(
         sum(m["role"] == "assistant" for m in messages) for messages in kept
-    ) / len(kept)
+    ) / max(1, len(kept))
     report_path = out.with_name(f"{out.stem}.report.json")
     report.files["report"] = str(report_path)
     report_path.write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
@@ -219,6 +289,7 @@ def _write(
 def _why(report: ExportReport) -> str:
     return (
         f"{report.below_score} below the score, {report.not_ready} not ready, "
-        f"{report.no_conversation} without a root conversation (traces before ctxfold recorded "
-        f"root_prompt events)"
+        f"{report.no_conversation} without the conversations asked for (a root conversation "
+        f"needs root_prompt events, a sub-call's its messages, which `ctxfold train rollouts` "
+        f"records)"
     )
