@@ -22,7 +22,7 @@ import functools
 from typing import Any
 
 import verifiers.v1 as vf
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, NonNegativeInt, PositiveInt, field_validator
 
 from ctxfold.bench import Instance
 from ctxfold.bench.tasks import get_task
@@ -109,8 +109,8 @@ class CtxfoldHarnessConfig(vf.HarnessConfig):  # type: ignore[misc]
     prompt profile."""
 
     sub_model: str | None = None
-    max_iterations: int = 8
-    depth: int = 1
+    max_iterations: PositiveInt = 8
+    depth: NonNegativeInt = 1
     sandbox: str = "process"
     prompt_profile: str = "auto"
 
