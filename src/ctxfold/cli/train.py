@@ -15,7 +15,12 @@ from ctxfold.errors import CtxfoldError
 def register(verbs: Any) -> None:
     train = verbs.add_parser("train", help="rollouts with rewards, and training data from them")
     steps = train.add_subparsers(dest="step", required=True, parser_class=Parser)
+    _add_rollouts(steps)
+    _add_export(steps)
+    _add_sft(steps)
 
+
+def _add_rollouts(steps: Any) -> None:
     rollouts = steps.add_parser(
         "rollouts", help="run RLMs on generated bench tasks, keeping each trace and its score"
     )
@@ -39,8 +44,10 @@ def register(verbs: Any) -> None:
     rollouts.add_argument("--quiet", "-q", action="store_true")
     rollouts.set_defaults(run=run_rollouts)
 
+
+def _add_export(steps: Any) -> None:
     export = steps.add_parser(
-        "export", help="kept runs' root conversations as chat-format training examples"
+        "export", help="kept runs' conversations as chat-format training examples"
     )
     export.add_argument(
         "sources", nargs="+", metavar="DIR_OR_TRACE", help="rollout/bench folders or traces"
@@ -60,6 +67,8 @@ def register(verbs: Any) -> None:
     export.add_argument("--seed", type=int, default=0, help="seed of the train/validation split")
     export.set_defaults(run=run_export)
 
+
+def _add_sft(steps: Any) -> None:
     sft = steps.add_parser(
         "sft", help="LoRA-fine-tune a model on exported examples and write a GGUF of it"
     )

@@ -153,19 +153,9 @@ def run_sft(options: SFTOptions) -> SFTResult:
     """Fine-tune, merge and convert; the products go to ``options.out``: ``model.gguf``,
     ``merged/`` (the Hugging Face model), ``loss.png``, ``sft-config.json``."""
     import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from trl import SFTConfig, SFTTrainer
 
     examples = read_examples(options.data)
-    if options.lora_rank < 1 or options.epochs <= 0:
-        raise CtxfoldError("--lora-rank must be >= 1 and --epochs > 0")
-    if options.loss not in LOSSES or options.outtype not in OUTTYPES or options.dtype not in DTYPES:
-        raise CtxfoldError(
-            f"--loss is one of {', '.join(LOSSES)}; --outtype one of {', '.join(OUTTYPES)}; "
-            f"--dtype one of {', '.join(DTYPES)}"
-        )
-    _converter()  # fail before training, not after
+    _check(options)
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
     config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()}
@@ -173,6 +163,45 @@ def run_sft(options: SFTOptions) -> SFTResult:
     torch.manual_seed(options.seed)
     model, tokenizer = _load_base(options.base, _dtype(options.dtype))
     checkpoints = out / "checkpoints"
+    trainer = _trainer(options, model, tokenizer, examples, checkpoints)
+    trained, total = _token_counts(trainer.train_dataset)
+    resume = checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    losses = [float(e["loss"]) for e in trainer.state.log_history if "loss" in e]
+    merged = out / "merged"
+    adapted: Any = trainer.model  # a peft model: the LoRA adapter on the base
+    adapted.merge_and_unload().save_pretrained(merged)
+    tokenizer.save_pretrained(merged)
+    gguf = _convert(merged, out / "model.gguf", options.outtype)
+    plot = _plot(losses, out)
+    return SFTResult(gguf, merged, losses, plot, trained_tokens=trained, tokens=total)
+
+
+def _check(options: SFTOptions) -> None:
+    """One-line errors for bad options, and for a missing converter (before any training)."""
+    if options.lora_rank < 1 or options.epochs <= 0:
+        raise CtxfoldError("--lora-rank must be >= 1 and --epochs > 0")
+    if options.loss not in LOSSES or options.outtype not in OUTTYPES or options.dtype not in DTYPES:
+        raise CtxfoldError(
+            f"--loss is one of {', '.join(LOSSES)}; --outtype one of {', '.join(OUTTYPES)}; "
+            f"--dtype one of {', '.join(DTYPES)}"
+        )
+    _converter()
+
+
+def _trainer(
+    options: SFTOptions,
+    model: Any,
+    tokenizer: Any,
+    examples: list[dict[str, Any]],
+    checkpoints: Path,
+) -> Any:
+    """TRL's SFT trainer with a LoRA adapter on every linear layer of ``model``."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
     args = SFTConfig(
         output_dir=str(checkpoints),
         num_train_epochs=options.epochs,
@@ -195,7 +224,7 @@ def run_sft(options: SFTOptions) -> SFTResult:
         r=rank, lora_alpha=2 * rank, target_modules="all-linear", task_type="CAUSAL_LM"
     )
     try:
-        trainer = SFTTrainer(
+        return SFTTrainer(
             model=model,
             args=args,
             train_dataset=Dataset.from_list(examples),
@@ -205,24 +234,18 @@ def run_sft(options: SFTOptions) -> SFTResult:
     except (ValueError, RuntimeError) as exc:  # e.g. a template TRL cannot mark replies in
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "ValueError"
         raise CtxfoldError(f"cannot prepare the training data: {first} (try --loss all)") from None
-    trained, total = _token_counts(trainer.train_dataset)
-    resume = checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if resume else None)
-    losses = [float(e["loss"]) for e in trainer.state.log_history if "loss" in e]
-    merged = out / "merged"
-    adapted: Any = trainer.model  # a peft model: the LoRA adapter on the base
-    adapted.merge_and_unload().save_pretrained(merged)
-    tokenizer.save_pretrained(merged)
-    gguf = out / "model.gguf"
+
+
+def _convert(merged: Path, gguf: Path, outtype: str) -> Path:
+    """Write the Hugging Face model ``merged`` as ``gguf`` with llama.cpp's converter."""
     convert = [sys.executable, str(_converter()), str(merged), "--outfile", str(gguf)]
     done = subprocess.run(
-        [*convert, "--outtype", options.outtype], capture_output=True, text=True, check=False
+        [*convert, "--outtype", outtype], capture_output=True, text=True, check=False
     )
     if done.returncode != 0 or not gguf.is_file():
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise CtxfoldError(f"the GGUF conversion failed: {last}")
-    plot = _plot(losses, out)
-    return SFTResult(gguf, merged, losses, plot, trained_tokens=trained, tokens=total)
+    return gguf
 
 
 def _dtype(name: str) -> str:
