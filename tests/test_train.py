@@ -166,3 +166,21 @@ def test_export_turns_sub_writes_each_answered_sub_call_in_full(
         rlm.run("What is the magic number?", "x\nthe magic number is: 1234567\n", trace=plain)
         rlm.close()
     assert recorded_runs(plain).__next__().subcalls == []
+
+
+def test_a_demonstration_in_the_prompt_is_exported_with_weight_zero(tmp_path: Path) -> None:
+    code = "```python\n{}\n```"
+    model = ScriptedModel([code.format("print(len(context))"), code.format("FINAL('five')")])
+    rlm = ctxfold.RLM(model, prompt_profile="small")  # its prompt holds demonstration turns
+    rlm.run("How long?", "12345", trace=tmp_path / "t.jsonl")
+    [run] = recorded_runs(tmp_path / "t.jsonl")
+    replies = [m for m in run.messages if m["role"] == "assistant"]
+    demo, own = replies[:-2], replies[-2:]
+    assert demo and all(m["weight"] == 0 for m in demo)
+    assert [m["content"] for m in own] == [
+        code.format("print(len(context))"),
+        code.format("FINAL('five')"),
+    ]
+    assert all("weight" not in m for m in own)
+    report = export_examples([tmp_path / "t.jsonl"], tmp_path / "d.jsonl", val_fraction=0)
+    assert report.mean_turns == 2.0  # the run's own replies, not the demonstration's

@@ -16,7 +16,7 @@ import ctxfold
 from ctxfold.cli import main
 from ctxfold.errors import CtxfoldError
 from ctxfold.testing.fake_openai import FakeOpenAIServer
-from ctxfold.train.sft import read_examples
+from ctxfold.train.sft import prompt_completion, read_examples
 
 _EXAMPLE = {
     "messages": [
@@ -27,12 +27,63 @@ _EXAMPLE = {
 }
 
 
+def _line(*messages: tuple[str, int | None]) -> str:
+    """A chat example of these (role, weight) messages."""
+    return json.dumps(
+        {
+            "messages": [
+                {"role": role, "content": "x"} | ({} if weight is None else {"weight": weight})
+                for role, weight in messages
+            ]
+        }
+    )
+
+
+def test_a_demonstration_is_prompt_and_the_runs_own_turns_are_the_completion(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "d.jsonl"
+    demo = ("system", None), ("user", None), ("assistant", 0), ("user", None), ("assistant", 0)
+    path.write_text(
+        _line(*demo, ("user", None), ("assistant", 1), ("user", None), ("assistant", None)) + "\n"
+    )
+    [example] = read_examples(path)
+    split = prompt_completion(example)
+    assert [m["role"] for m in split["prompt"]] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+    ]
+    assert [m["role"] for m in split["completion"]] == ["assistant", "user", "assistant"]
+    assert all(set(m) == {"role", "content"} for m in split["prompt"] + split["completion"])
+    plain = prompt_completion(_EXAMPLE)
+    assert len(plain["prompt"]) == 2 and len(plain["completion"]) == 1
+
+
 def test_bad_data_lines_are_named(tmp_path: Path) -> None:
     cases = [
         ("{not json", "is not JSON"),
         ('{"text": "x"}', "is not a chat example"),
         ('{"messages": [{"role": "robot", "content": "x"}]}', "without a role"),
         ('{"messages": [{"role": "user", "content": "x"}]}', "does not end with an assistant"),
+        (_line(("user", None), ("assistant", 2)), "weight other than 0 or 1"),
+        (_line(("user", 0), ("assistant", None)), "weight other than 0 or 1"),
+        (_line(("user", None), ("assistant", 0)), "does not end with an assistant"),
+        (_line(("assistant", None), ("user", None), ("assistant", 1)), "starts with an assistant"),
+        (
+            _line(
+                ("user", None),
+                ("assistant", 1),
+                ("user", None),
+                ("assistant", 0),
+                ("user", None),
+                ("assistant", 1),
+            ),
+            "weight of 0 after a trained",
+        ),
     ]
     for line, words in cases:
         path = tmp_path / "d.jsonl"

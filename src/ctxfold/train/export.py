@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ctxfold.bench import load_rows
 from ctxfold.errors import CtxfoldError
@@ -39,6 +40,10 @@ __all__ = [
     "subcall_conversations",
 ]
 
+Chat = list[dict[str, Any]]
+"""A chat example's messages: ``role``, ``content`` and, on an assistant message that is not
+to be trained on, ``"weight": 0``."""
+
 TURNS = ("root", "sub", "all")
 """Which conversations become examples: the root model's, the sub-calls', or both."""
 
@@ -54,10 +59,10 @@ class RecordedRun:
 
     source: str
     instance: str
-    messages: list[dict[str, str]]
+    messages: Chat
     ready: bool
     score: float | None
-    subcalls: list[list[dict[str, str]]] = field(default_factory=list)
+    subcalls: list[Chat] = field(default_factory=list)
 
 
 @dataclass
@@ -94,15 +99,21 @@ class ExportReport:
         )
 
 
-def root_conversation(events: Sequence[Event]) -> list[dict[str, str]]:
+def root_conversation(events: Sequence[Event]) -> Chat:
     """The top root model's whole conversation in ``events`` (one run), ending with its last
-    reply; empty when the trace holds no ``root_prompt`` (an older trace) or no reply."""
-    messages: list[dict[str, str]] = []
+    reply; empty when the trace holds no ``root_prompt`` (an older trace) or no reply. The
+    prompt's own assistant turns (a demonstration) carry ``"weight": 0``, as in OpenAI's
+    fine-tuning format: they are context, not the model's work, and are not trained on."""
+    messages: Chat = []
     for event in events:
         if event.depth != 0:
             continue
         if isinstance(event, RootPrompt):
-            messages = [{"role": m["role"], "content": m["content"]} for m in event.messages]
+            messages = [
+                {"role": m["role"], "content": m["content"]}
+                | ({"weight": 0} if m["role"] == "assistant" else {})
+                for m in event.messages
+            ]
         elif messages and isinstance(event, RootResponse):
             messages.append({"role": "assistant", "content": event.text})
         elif messages and isinstance(event, Feedback):
@@ -112,7 +123,7 @@ def root_conversation(events: Sequence[Event]) -> list[dict[str, str]]:
     return messages
 
 
-def subcall_conversations(events: Sequence[Event]) -> list[list[dict[str, str]]]:
+def subcall_conversations(events: Sequence[Event]) -> list[Chat]:
     """Every answered sub-call in ``events`` whose messages the trace recorded in full (see
     :func:`ctxfold.trace.subcall_messages`), as its messages and the reply."""
     sent = {e.call_id: e.messages for e in events if isinstance(e, SubcallStart) and e.messages}
@@ -204,7 +215,7 @@ def export_examples(
         raise CtxfoldError(f"--turns is one of {', '.join(TURNS)}")
     report = ExportReport()
     seen: set[str] = set()
-    split: dict[str, list[list[dict[str, str]]]] = {"train": [], "val": []}
+    split: dict[str, list[Chat]] = {"train": [], "val": []}
     instances: dict[str, set[str]] = {"train": set(), "val": set()}
     for source in sources:
         for run in recorded_runs(source):
@@ -250,9 +261,9 @@ def _kept(run: RecordedRun, min_score: float | None, report: ExportReport) -> bo
     return True
 
 
-def _examples(run: RecordedRun, turns: str) -> list[tuple[str, list[dict[str, str]]]]:
+def _examples(run: RecordedRun, turns: str) -> list[tuple[str, Chat]]:
     """The conversations of ``run`` that ``turns`` asks for, each with its kind."""
-    found: list[tuple[str, list[dict[str, str]]]] = []
+    found: list[tuple[str, Chat]] = []
     if turns in ("root", "all") and run.messages:
         found.append(("root", run.messages))
     if turns in ("sub", "all"):
@@ -261,7 +272,7 @@ def _examples(run: RecordedRun, turns: str) -> list[tuple[str, list[dict[str, st
 
 
 def _write(
-    split: dict[str, list[list[dict[str, str]]]],
+    split: dict[str, list[Chat]],
     instances: dict[str, set[str]],
     out: Path,
     report: ExportReport,
@@ -279,7 +290,7 @@ def _write(
     report.train_instances, report.val_instances = len(instances["train"]), len(instances["val"])
     kept = split["train"] + split["val"]
     report.mean_turns = sum(
-        sum(m["role"] == "assistant" for m in messages) for messages in kept
+        sum(m["role"] == "assistant" and m.get("weight", 1) for m in messages) for messages in kept
     ) / max(1, len(kept))
     report_path = out.with_name(f"{out.stem}.report.json")
     report.files["report"] = str(report_path)

@@ -19,7 +19,7 @@ from typing import Any
 
 from ctxfold.errors import CtxfoldError
 
-__all__ = ["SFTOptions", "SFTResult", "read_examples", "run_sft"]
+__all__ = ["SFTOptions", "SFTResult", "prompt_completion", "read_examples", "run_sft"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +66,8 @@ class SFTResult:
 
 def read_examples(path: Path) -> list[dict[str, Any]]:
     """The examples of a chat JSONL file; one-line :class:`CtxfoldError` naming the first bad
-    line (not JSON, no ``messages``, a message without role/content, not ending with the
-    assistant)."""
+    line (not JSON, no ``messages``, a message without role/content, a ``weight`` that is not 0
+    or 1 on an assistant message, not ending with a trained assistant message)."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
@@ -91,8 +91,17 @@ def read_examples(path: Path) -> list[dict[str, Any]]:
                 and isinstance(message.get("content"), str)
             ):
                 raise CtxfoldError(f"{where} has a message without a role and text content")
-        if messages[-1]["role"] != "assistant":
-            raise CtxfoldError(f"{where} does not end with an assistant message")
+            if "weight" in message and (
+                message["role"] != "assistant" or message["weight"] not in (0, 1)
+            ):
+                raise CtxfoldError(f"{where} has a weight other than 0 or 1 on an assistant")
+        if messages[-1]["role"] != "assistant" or messages[-1].get("weight", 1) == 0:
+            raise CtxfoldError(f"{where} does not end with an assistant message to train on")
+        if messages[0]["role"] == "assistant":
+            raise CtxfoldError(f"{where} starts with an assistant message, not a prompt")
+        weights = [m.get("weight", 1) for m in messages if m["role"] == "assistant"]
+        if 0 in weights[weights.index(1) :]:
+            raise CtxfoldError(f"{where} has a weight of 0 after a trained assistant message")
         examples.append({"messages": messages})
     if not examples:
         raise CtxfoldError(f"{path} holds no examples")
@@ -215,8 +224,10 @@ def _trainer(
         save_total_limit=2,
         report_to=[],
         seed=options.seed,
-        # the model learns to write the replies, not to recite the prompt and the feedback
+        # the model learns to write its replies: not the prompt (a demonstration's replies
+        # included: they are context), not the feedback
         assistant_only_loss=options.loss == "assistant",
+        completion_only_loss=options.loss == "assistant",
         use_cpu=not torch.cuda.is_available(),
     )
     rank = options.lora_rank
@@ -227,13 +238,24 @@ def _trainer(
         return SFTTrainer(
             model=model,
             args=args,
-            train_dataset=Dataset.from_list(examples),
+            train_dataset=Dataset.from_list([prompt_completion(e) for e in examples]),
             processing_class=tokenizer,
             peft_config=peft,
         )
     except (ValueError, RuntimeError) as exc:  # e.g. a template TRL cannot mark replies in
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "ValueError"
         raise CtxfoldError(f"cannot prepare the training data: {first} (try --loss all)") from None
+
+
+def prompt_completion(example: dict[str, Any]) -> dict[str, Any]:
+    """An example in TRL's prompt-completion form: the prompt runs up to the first assistant
+    message to train on (``weight`` 0 marks the others), the completion is the rest."""
+    messages = example["messages"]
+    first = next(
+        i for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("weight", 1)
+    )
+    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+    return {"prompt": plain[:first], "completion": plain[first:]}
 
 
 def _convert(merged: Path, gguf: Path, outtype: str) -> Path:
