@@ -47,3 +47,24 @@ def test_a_usd_budget_on_an_unpriced_model_warns_once() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ctxfold.RLM(ScriptedModel(["x"], name="scripted"))  # no USD budget: nothing to say
+
+
+def test_an_unknown_model_is_looked_up_in_the_table_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import genai_prices
+
+    from ctxfold.models._prices import table_knows
+
+    calls = []
+    real = genai_prices.calc_price
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(args[1])
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(genai_prices, "calc_price", counted)
+    table_knows.cache_clear()
+    for _ in range(3):  # each call of a run asks for its price
+        assert table_price("no-such-model-xyz", "openai", TokenUsage(10, 10)) is None
+    assert calls == ["no-such-model-xyz"]
+    known = [table_price("gpt-4o-mini", "openai", TokenUsage(1000, 1000)) for _ in range(2)]
+    assert known[0] is not None and known[0] == known[1] > 0

@@ -13,6 +13,12 @@ from ctxfold.models._base import Model, TokenUsage
 def table_price(model: str, provider: str, usage: TokenUsage) -> float | None:
     """What ``usage`` of ``model`` at ``provider`` (``"openai"``, ``"anthropic"``) costs in
     dollars, cached input tokens at the provider's cached price; ``None`` if not in the table."""
+    # The table remembers the models it found, not the ones it did not: looking an unknown one
+    # up again on every call cost about 0.5 ms a call.
+    return _price(model, provider, usage) if table_knows(model, provider) else None
+
+
+def _price(model: str, provider: str, usage: TokenUsage) -> float | None:
     try:
         from genai_prices import Usage, calc_price
     except ImportError:  # pragma: no cover - a core dependency
@@ -31,7 +37,7 @@ def table_price(model: str, provider: str, usage: TokenUsage) -> float | None:
 @functools.lru_cache(maxsize=256)
 def table_knows(model: str, provider: str) -> bool:
     """Whether the table has a price for ``model`` at ``provider``."""
-    return table_price(model, provider, TokenUsage(1, 1)) is not None
+    return _price(model, provider, TokenUsage(1, 1)) is not None
 
 
 def warn_if_unpriced(models: list[Model], usd: float | None) -> None:

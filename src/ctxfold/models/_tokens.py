@@ -4,6 +4,7 @@ estimate."""
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -83,5 +84,17 @@ def count_message_tokens(messages: Iterable[Mapping[str, object]]) -> int:
     """
     total = _PER_REPLY
     for message in messages:
-        total += _PER_MESSAGE + count_tokens(str(message.get("content") or ""))
+        content = str(message.get("content") or "")
+        count = _count_kept(content) if len(content) <= _KEPT_CHARS else count_tokens(content)
+        total += _PER_MESSAGE + count
     return total
+
+
+# A conversation is counted again before each of its calls (a budget reservation): the counts of
+# its messages, all but the newest seen before, are kept (at most 1,024 of up to 16,000 chars).
+_KEPT_CHARS = 16_000
+
+
+@functools.lru_cache(maxsize=1024)
+def _count_kept(text: str) -> int:
+    return count_tokens(text)
