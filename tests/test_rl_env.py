@@ -61,9 +61,17 @@ def test_vf_eval_rolls_rlms_out_on_ctxfold_tasks_and_rewards_them(tmp_path: Path
 
     with FakeOpenAIServer(policy) as fake:
         args = ["-n", "2", "-r", "1", "--env.taskset.lengths", "[3000]"]
+        args += ["--env.agent.harness.id", "ctxfold-rl", "--env.agent.harness.max-iterations", "3"]
         args += ["--env.taskset.n", "2", "--env.taskset.seed", "5"]
         done = _vf_eval(fake.base_url, tmp_path, *args)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    [config] = tmp_path.glob("*/configs/resolved/eval.json")
+    harness = json.loads(config.read_text())["env"]["agent"]["harness"]
+    assert (harness["id"], harness["max_iterations"], harness["sub_model"]) == (
+        "ctxfold-rl",
+        3,
+        None,
+    )
     traces = {t["task"]["data"]["name"]: t for t in _traces(tmp_path)}
     assert set(traces) == {instance.id for instance in instances}
     right, wrong = (traces[instance.id] for instance in instances)
