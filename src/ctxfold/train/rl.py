@@ -19,6 +19,7 @@ up as its documentation says, naming this environment.
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Any
 
 import verifiers.v1 as vf
@@ -81,25 +82,19 @@ class CtxfoldTaskset(vf.Taskset[CtxfoldTask, CtxfoldTasksetConfig]):  # type: ig
     def load(self) -> list[CtxfoldTask]:
         config = self.config
         rows = []
-        for name in config.tasks:
-            for length in config.lengths:
-                for index in range(config.n):
-                    data = CtxfoldData(
-                        task=name, length=length, seed=config.seed, n=config.n, instance=index
-                    )
-                    instance = instance_of(data)
-                    rows.append(
-                        CtxfoldTask(
-                            data.model_copy(
-                                update={
-                                    "id": instance.id,
-                                    "name": instance.id,
-                                    "prompt": instance.question,
-                                }
-                            ),
-                            config.task,
-                        )
-                    )
+        for name, length in itertools.product(config.tasks, config.lengths):
+            for index, instance in enumerate(_generated(name, config.n, length, config.seed)):
+                data = CtxfoldData(
+                    task=name,
+                    length=length,
+                    seed=config.seed,
+                    n=config.n,
+                    instance=index,
+                    id=instance.id,
+                    name=instance.id,
+                    prompt=instance.question,
+                )
+                rows.append(CtxfoldTask(data, config.task))
         return rows
 
 
@@ -177,10 +172,6 @@ def _generated(task: str, n: int, length: int, seed: int) -> tuple[Instance, ...
 
 def _sampling(sampling: Any) -> dict[str, Any]:
     """The rollout's sampling settings that ctxfold's OpenAI client passes on."""
-    wanted = {"temperature": "temperature", "top_p": "top_p", "max_tokens": "max_tokens"}
-    found = {}
-    for field, option in wanted.items():
-        value = getattr(sampling, field, None)
-        if value is not None:
-            found[option] = value
-    return found
+    names = ("temperature", "top_p", "max_tokens")
+    values = {name: getattr(sampling, name, None) for name in names}
+    return {name: value for name, value in values.items() if value is not None}

@@ -19,7 +19,16 @@ from typing import Any
 
 from ctxfold.errors import CtxfoldError
 
-__all__ = ["SFTOptions", "SFTResult", "prompt_completion", "read_examples", "run_sft"]
+__all__ = [
+    "DTYPES",
+    "LOSSES",
+    "OUTTYPES",
+    "SFTOptions",
+    "SFTResult",
+    "prompt_completion",
+    "read_examples",
+    "run_sft",
+]
 
 
 @dataclass(frozen=True, slots=True)
