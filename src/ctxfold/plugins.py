@@ -12,6 +12,10 @@ backends likewise, in the group ``ctxfold.sandboxes``: ``sandbox="NAME"`` calls 
 no arguments and uses the :class:`~ctxfold.sandbox.Sandbox` it returns. ctxfold's own providers
 (``local``, ``openai``, ``anthropic``) and backends (``process``, ``docker``) register the same
 way: the core has no list of them.
+
+The installed entry points are read once per process and group (a scan of every installed
+distribution takes milliseconds, and an ``RLM`` looks up three plugins); a name not found
+triggers one fresh scan, so a plugin installed while the process runs is still found.
 """
 
 from __future__ import annotations
@@ -28,21 +32,33 @@ MODEL_GROUP = "ctxfold.models"
 SANDBOX_GROUP = "ctxfold.sandboxes"
 
 
-def _installed(group: str) -> dict[str, EntryPoint]:
-    return {ep.name.lower(): ep for ep in entry_points(group=group)}
+_found: dict[str, dict[str, EntryPoint]] = {}  # group -> its entry points, by lower-case name
 
 
-def plugin_names(group: str) -> list[str]:
-    """The names registered in ``group``, sorted."""
-    return sorted(_installed(group))
+def _installed(group: str, *, fresh: bool = False) -> dict[str, EntryPoint]:
+    found = None if fresh else _found.get(group)
+    if found is None:
+        found = {ep.name.lower(): ep for ep in entry_points(group=group)}
+        _found[group] = found
+    return found
+
+
+def plugin_names(group: str, *, fresh: bool = False) -> list[str]:
+    """The names registered in ``group``, sorted; ``fresh`` reads them again from the installed
+    distributions instead of this process's copy."""
+    return sorted(_installed(group, fresh=fresh))
 
 
 def find_plugin(group: str, name: str, what: str) -> Callable[..., Any]:
     """The factory registered as ``name`` in ``group``; a one-line :class:`CtxfoldError` naming
     the installed ones when there is none (``what`` says what was asked for, e.g. "model
     provider"), or when it cannot be loaded."""
+    key = name.strip().lower()
     found = _installed(group)
-    entry = found.get(name.strip().lower())
+    entry = found.get(key)
+    if entry is None:
+        found = _installed(group, fresh=True)
+        entry = found.get(key)
     if entry is None:
         known = ", ".join(sorted(found)) or "none (is ctxfold installed? pip install -e .)"
         raise CtxfoldError(f"unknown {what} {name!r}; installed: {known}")

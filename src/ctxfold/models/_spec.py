@@ -51,6 +51,8 @@ def resolve_model(spec: str | Model) -> Model:
         raise ModelSpecError(f"model spec {spec!r} has no name after '{head}:': {_FORMS}")
     installed = plugin_names(MODEL_GROUP)
     if provider.lower() not in installed:
+        installed = plugin_names(MODEL_GROUP, fresh=True)  # installed since the last look?
+    if provider.lower() not in installed:
         raise ModelSpecError(
             f"unknown model spec {spec!r}: {_FORMS} (installed providers: {', '.join(installed)})"
         )

@@ -73,6 +73,6 @@ def make_sandbox(spec: str | Sandbox) -> Sandbox:
     if all(callable(getattr(spec, method, None)) for method in _METHODS):
         return spec
     raise SandboxError(
-        f"sandbox must be a name ({', '.join(plugin_names(SANDBOX_GROUP))}) or an object with "
+        f"sandbox must be a name ({', '.join(plugin_names(SANDBOX_GROUP, fresh=True))}) or an object with "
         f"{'/'.join(_METHODS)}, got {type(spec).__name__}"
     )
