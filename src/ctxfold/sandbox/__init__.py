@@ -72,7 +72,8 @@ def make_sandbox(spec: str | Sandbox) -> Sandbox:
         return sandbox
     if all(callable(getattr(spec, method, None)) for method in _METHODS):
         return spec
+    names = ", ".join(plugin_names(SANDBOX_GROUP, fresh=True))
     raise SandboxError(
-        f"sandbox must be a name ({', '.join(plugin_names(SANDBOX_GROUP, fresh=True))}) or an object with "
+        f"sandbox must be a name ({names}) or an object with "
         f"{'/'.join(_METHODS)}, got {type(spec).__name__}"
     )
