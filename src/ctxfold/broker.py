@@ -16,7 +16,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ctxfold.budget import BudgetSpent
-from ctxfold.choices import choice_max_tokens, choice_prompt, match_choice, retry_instruction
+from ctxfold.choices import (
+    choice_max_tokens,
+    choice_prompt,
+    match_choice,
+    pack_max_tokens,
+    pack_prompt,
+    packable,
+    read_pack,
+    retry_instruction,
+)
 from ctxfold.engine import RunShared
 from ctxfold.models import CHARS_PER_TOKEN, Completion, Message, Model
 from ctxfold.sandbox import SubcallItem, SubcallRequest
@@ -27,6 +36,7 @@ from ctxfold.trace import SubcallEnd, SubcallStart, ToolCall
 ChildRunner = Callable[[str, Any, int], str]
 
 _PREVIEW = 200
+_PACK_CHARS = 4000  # at most this many characters of items in one packed sub-call
 
 
 def error_text(kind: str, message: str) -> str:
@@ -68,14 +78,52 @@ class Broker:
         if extension is not None and extension.refuses_subcalls:
             name = "llm_query" if request.kind == "llm" else "rlm_query"
             return [error_text(name, extension.refuses_subcalls)] * len(request.items)
-        one = self._llm if request.kind == "llm" else self._rlm
         # What the budget cannot allow is refused now, before anything is queued.
         allowed = self._shared.meter.calls_allowed(len(request.items))
-        served, surplus = request.items[:allowed], len(request.items) - allowed
+        served, surplus = list(request.items[:allowed]), len(request.items) - allowed
         refused = [self._over_budget(request.kind)] * surplus
-        if len(served) <= 1:
-            return [self._guarded(one, item) for item in served] + refused
-        return [*self._pool.map(lambda item: self._guarded(one, item), served), *refused]
+        groups = [[i] for i in range(len(served))]
+        if request.kind == "llm":
+            groups = self._groups(served)
+        answers = [""] * len(served)
+
+        def serve(group: list[int]) -> None:
+            texts = self._serve(request.kind, [served[i] for i in group])
+            for i, text in zip(group, texts, strict=True):
+                answers[i] = text
+
+        if len(groups) <= 1:
+            for group in groups:
+                serve(group)
+        else:
+            list(self._pool.map(serve, groups))
+        return [*answers, *refused]
+
+    def _serve(self, kind: str, items: list[SubcallItem]) -> list[str]:
+        """The answers to ``items``: one child run, one sub-call, or one pack. Never raises."""
+        if len(items) == 1:
+            return [self._guarded(self._rlm if kind == "rlm" else self._llm, items[0])]
+        try:
+            return self._llm_pack(items)
+        except Exception as exc:  # a bug here must not sink the batch
+            return [error_text("sub-call", f"{type(exc).__name__}: {exc}")] * len(items)
+
+    def _groups(self, items: list[SubcallItem]) -> list[list[int]]:
+        """Indexes of ``items`` in the sub-calls that answer them: small items that share
+        model, system and choices go in packs of up to ``choice_pack`` (see :func:`_packs`);
+        every other item is asked alone."""
+        size = self._shared.options.choice_pack
+        alike: dict[tuple[Any, ...], list[int]] = {}
+        groups: list[list[int]] = []
+        for i, item in enumerate(items):
+            if size > 1 and item.choices and packable(item.prompt) and not self._shared.tools:
+                key = (item.model, item.system, item.choices, item.choice_notes)
+                alike.setdefault(key, []).append(i)
+            else:
+                groups.append([i])
+        for members in alike.values():
+            groups.extend(_packs(members, [len(items[i].prompt) for i in members], size))
+        return groups
 
     def _over_budget(self, kind: str, limit: str | None = None) -> str:
         spent = limit or self._shared.meter.exhausted() or "sub_calls"
@@ -100,8 +148,10 @@ class Broker:
             return f"unknown model {name!r}; this run allows: {known}"
         return model
 
-    def _llm(self, item: SubcallItem, key: str | None = None) -> str:
-        shared, depth = self._shared, self._depth + 1
+    def _admit(self, item: SubcallItem, *, reserve: bool = True) -> Model | str:
+        """The model that answers ``item``, or why it cannot be asked (an error text). With
+        ``reserve`` the sub-call is counted against the budget here."""
+        shared = self._shared
         model = self._pick_model(item.model)
         if isinstance(model, str):
             return error_text("llm_query", model)
@@ -115,8 +165,15 @@ class Broker:
                 f"prompt of about {len(item.prompt) // CHARS_PER_TOKEN:,} tokens exceeds the "
                 f"sub-model's window of {model.context_window:,} tokens; send smaller chunks",
             )
-        if not shared.meter.reserve_sub_call():
+        if reserve and not shared.meter.reserve_sub_call():
             return self._over_budget("llm")
+        return model
+
+    def _llm(self, item: SubcallItem, key: str | None = None, *, reserved: bool = False) -> str:
+        depth = self._depth + 1
+        model = self._admit(item, reserve=not reserved)
+        if isinstance(model, str):
+            return model
         prompt = item.prompt
         if item.choices:
             prompt = choice_prompt(prompt, item.choices, item.choice_notes)
@@ -153,6 +210,79 @@ class Broker:
             cache_hit=usage.cache_hit,
         )
         return text if error is None else error_text("llm_query", error)
+
+    def _llm_pack(self, items: list[SubcallItem]) -> list[str]:
+        """Answers for several small items with one model, system and choices, asked in one
+        sub-call (:func:`ctxfold.choices.pack_prompt`). Each item is counted against the budget
+        and traced as its own sub-call; an item the reply gives no choice for is asked alone."""
+        model = self._admit(items[0], reserve=False)
+        if isinstance(model, str):
+            return [model] * len(items)
+        meter = self._shared.meter
+        answers = [None if meter.reserve_sub_call() else self._over_budget("llm") for _ in items]
+        asked = [i for i, text in enumerate(answers) if text is None]
+        if len(asked) > 1:
+            for i, text in zip(
+                asked, self._ask_pack(model, [items[i] for i in asked]), strict=True
+            ):
+                answers[i] = text
+        return [
+            self._llm(items[i], reserved=True) if text is None else text
+            for i, text in enumerate(answers)
+        ]
+
+    def _ask_pack(self, model: Model, items: list[SubcallItem]) -> list[str | None]:
+        """One sub-call for ``items``: each item's choice, or ``None`` where the reply gives
+        none. The call's tokens are shared out among the items' trace events."""
+        choices = items[0].choices or ()
+        messages: list[Message] = []
+        if items[0].system:
+            messages.append({"role": "system", "content": items[0].system})
+        prompt = pack_prompt([item.prompt for item in items], choices, items[0].choice_notes)
+        messages.append({"role": "user", "content": prompt})
+        calls = [
+            self._start("llm", model.name, item, request_key("llm", item), messages)
+            for item in items
+        ]
+        try:
+            completion = self._shared.complete(
+                model,
+                messages,
+                root=False,
+                depth=self._depth + 1,
+                choices=list(choices),
+                choice_items=len(items),
+                max_tokens=pack_max_tokens(len(items), choices),
+            )
+        except Exception as exc:
+            if isinstance(exc, BudgetSpent):
+                failed = self._over_budget("llm", exc.limit)
+            else:
+                failed = error_text("llm_query", str(exc) or type(exc).__name__)
+            for call_id, started in calls:
+                self._end(call_id, "llm", model.name, started, "", failed)
+            return [failed] * len(items)
+        picked = read_pack(completion.text, len(items), choices)
+        usage = completion.usage
+        inputs = _shares(usage.input_tokens, len(items))
+        outputs = _shares(usage.output_tokens, len(items))
+        unread = f"no choice for this item in the reply to its pack of {len(items)}; asked alone"
+        for (call_id, started), choice, tokens_in, tokens_out in zip(
+            calls, picked, inputs, outputs, strict=True
+        ):
+            error = None if choice is not None else unread
+            self._end(
+                call_id,
+                "llm",
+                model.name,
+                started,
+                choice or "",
+                error,
+                tokens_in,
+                tokens_out,
+                cache_hit=usage.cache_hit,
+            )
+        return list(picked)
 
     def _chosen(
         self,
@@ -364,3 +494,20 @@ class Broker:
         answer = self._run_child(item.prompt, item.context, child_depth)
         self._end(call_id, "rlm", model, started, answer, None)
         return answer
+
+
+def _packs(members: list[int], lengths: list[int], size: int) -> list[list[int]]:
+    """``members`` in order, cut into packs of at most ``size`` items and about ``_PACK_CHARS``
+    characters, whose sizes differ by one at most (no small last pack)."""
+    count = max(-(-len(members) // size), -(-sum(lengths) // _PACK_CHARS))
+    packs: list[list[int]] = []
+    start = 0
+    for want in _shares(len(members), count):
+        packs.append(members[start : start + want])
+        start += want
+    return packs
+
+
+def _shares(total: int, count: int) -> list[int]:
+    """``total`` cut into ``count`` whole parts that differ by at most one and sum to it."""
+    return [total // count + (1 if i < total % count else 0) for i in range(count)]

@@ -26,7 +26,7 @@ from ctxfold.models import Completion, Message, Model, TokenUsage
 __all__ = ["CacheStats", "CachedModel", "ResponseCache", "default_cache_path"]
 
 # Options that change what a model replies; others (a deadline, a timeout) do not.
-_KEYED_OPTIONS = ("max_tokens", "temperature", "stop", "seed", "choices")
+_KEYED_OPTIONS = ("max_tokens", "temperature", "stop", "seed", "choices", "choice_items")
 
 
 def default_cache_path() -> Path:

@@ -19,6 +19,7 @@ __all__ = [
     "MAX_CHOICES",
     "MAX_CHOICE_CHARS",
     "MAX_NOTE_CHARS",
+    "MAX_PACK_ITEM_CHARS",
     "check_choices",
     "check_notes",
     "choice_grammar",
@@ -26,6 +27,11 @@ __all__ = [
     "choice_max_tokens",
     "choice_prompt",
     "match_choice",
+    "pack_grammar",
+    "pack_max_tokens",
+    "pack_prompt",
+    "packable",
+    "read_pack",
     "retry_instruction",
 ]
 
@@ -37,6 +43,9 @@ MAX_CHOICE_CHARS = 200
 
 MAX_NOTE_CHARS = 300
 """At most this many characters in one choice's description (``choices={"spam": "ads, ..."}``)."""
+
+MAX_PACK_ITEM_CHARS = 600
+"""A text of at most this many characters on one line may share a sub-call with others."""
 
 _EDGE = " \t\r\n\"'`*.,:;!?()[]{}<>"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -91,13 +100,73 @@ def choice_prompt(text: str, choices: Sequence[str], notes: Sequence[str] | None
     the same order): small models over-pick the choice listed first, and a fixed order would add
     that excess to one choice's count in every call of a batch.
     """
-    prompt = text + choice_instruction(_order(choices, text))
+    return _notes_head(choices, notes) + text + choice_instruction(_order(choices, text))
+
+
+def _notes_head(choices: Sequence[str], notes: Sequence[str] | None) -> str:
     if notes is None:
-        return prompt
+        return ""
     listed = "\n".join(
         f"- {c}: {n}" if n.strip() else f"- {c}" for c, n in zip(choices, notes, strict=True)
     )
-    return f"Choices:\n{listed}\n\n{prompt}"
+    return f"Choices:\n{listed}\n\n"
+
+
+def packable(text: str) -> bool:
+    """Whether ``text`` is small enough to share one sub-call with others: one line of at most
+    ``MAX_PACK_ITEM_CHARS`` characters."""
+    return 0 < len(text) <= MAX_PACK_ITEM_CHARS and "\n" not in text and "\r" not in text
+
+
+def pack_prompt(
+    texts: Sequence[str], choices: Sequence[str], notes: Sequence[str] | None = None
+) -> str:
+    """One prompt asking for a choice for each of ``texts`` (each :func:`packable`), numbered
+    from 1; the reply is read back with :func:`read_pack`.
+
+    What every pack of a batch shares comes first, for a server's prompt cache: the descriptions
+    of the choices, then the instruction. The choices are listed in an order drawn from the
+    texts, as :func:`choice_prompt` does, and once more after the items, nearest to the reply.
+    """
+    count = len(texts)
+    order = _order(choices, "\n".join(texts))
+    listed = _listed(order)
+    items = "\n".join(f"{i}. {text.strip()}" for i, text in enumerate(texts, 1))
+    return (
+        f"{_notes_head(choices, notes)}Give each of the {count} numbered items below exactly "
+        f'one of: {listed}.\n\n{items}\n\nReply with {count} lines, "1: <answer>" to '
+        f'"{count}: <answer>", one per item in order; each answer is exactly one of: {listed}.'
+    )
+
+
+def pack_grammar(count: int, choices: Sequence[str]) -> str:
+    """A llama.cpp GBNF grammar whose only sentences are ``count`` numbered lines, each a
+    choice: the reply :func:`pack_prompt` asks for."""
+    lines = " ".join(f'"{i}: " choice "\\n"' for i in range(1, count + 1))
+    return f"root ::= {lines}\nchoice ::= " + " | ".join(_gbnf_literal(c) for c in choices)
+
+
+def pack_max_tokens(count: int, choices: Sequence[str]) -> int:
+    """An output bound for ``count`` numbered choices."""
+    return count * (6 + max(len(c) for c in choices) // 2) + 16
+
+
+_PACK_LINE = re.compile(r"^\W*(\d{1,4})\s*[:.)\]-]\s*(.*)$")
+
+
+def read_pack(reply: str, count: int, choices: Sequence[str]) -> list[str | None]:
+    """The choice the reply to :func:`pack_prompt` gives for each of ``count`` items, in order;
+    ``None`` for an item whose line is missing, names no choice (or several), or comes twice."""
+    found: dict[int, str | None] = {}
+    for line in reply.splitlines():
+        match = _PACK_LINE.match(line.strip())
+        if match is None:
+            continue
+        number = int(match[1])
+        if 1 <= number <= count:
+            chosen = match_choice(match[2], choices)
+            found[number] = None if number in found else chosen
+    return [found.get(number) for number in range(1, count + 1)]
 
 
 def _order(choices: Sequence[str], text: str) -> list[str]:
@@ -108,9 +177,12 @@ def _order(choices: Sequence[str], text: str) -> list[str]:
 
 def choice_instruction(choices: Sequence[str]) -> str:
     """The line added after the prompt, listing ``choices`` in the order given."""
+    return f"\n\nAnswer with exactly one of: {_listed(choices)}."
+
+
+def _listed(choices: Sequence[str]) -> str:
     quoted = any("," in c for c in choices)
-    listed = ", ".join(json.dumps(c, ensure_ascii=False) if quoted else c for c in choices)
-    return f"\n\nAnswer with exactly one of: {listed}."
+    return ", ".join(json.dumps(c, ensure_ascii=False) if quoted else c for c in choices)
 
 
 def retry_instruction(choices: Sequence[str]) -> str:

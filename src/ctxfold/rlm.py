@@ -142,6 +142,12 @@ class RLM:
         budget: the run's limits.
         sandbox: ``"process"`` (an isolated worker process), a Sandbox object, or a factory.
         concurrency: sub-calls in flight at once for one ``llm_batch``.
+        choice_pack: how many small items of one ``llm_batch(..., choices=...)`` one sub-call
+            may answer together (numbered, one choice per line; an item the reply misses is
+            asked alone). Items of one line up to 600 characters with the same model, system
+            and choices are packed. ``1`` (the default) asks each item alone: packing sends far
+            fewer prompt tokens per item, but small local models label worse in packs
+            (``benchmarks/results/pack-speed.md``).
         output_limit: characters of a cell's output shown to the root model (head and tail kept).
         prompt_profile: ``"concise"`` for strong models, ``"small"`` (demonstration turns) for
             small ones; ``"auto"`` picks ``"small"`` for local models.
@@ -170,6 +176,7 @@ class RLM:
         budget: Budget | None = None,
         sandbox: SandboxSpec = "process",
         concurrency: int = 16,
+        choice_pack: int = 1,
         output_limit: int | None = None,
         prompt_profile: str = "auto",
         models: Mapping[str, str | Model] | None = None,
@@ -184,6 +191,8 @@ class RLM:
             raise CtxfoldError(f"budget must be a ctxfold.Budget, got {type(budget).__name__}")
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
             raise CtxfoldError(f"concurrency must be a whole number >= 1, got {concurrency!r}")
+        if not isinstance(choice_pack, int) or isinstance(choice_pack, bool) or choice_pack < 1:
+            raise CtxfoldError(f"choice_pack must be a whole number >= 1, got {choice_pack!r}")
         if prompt_profile not in (*PROFILES, "auto"):
             raise CtxfoldError(f"prompt_profile must be one of auto, {', '.join(PROFILES)}")
         if output_limit is not None and (not isinstance(output_limit, int) or output_limit < 200):
@@ -208,7 +217,8 @@ class RLM:
             raise CtxfoldError(
                 f"compact_at must be a fraction in (0, 1] or None, got {compact_at!r}"
             )
-        self._options = self._engine_options(concurrency, output_limit, prompt_profile, compact_at)
+        self._options = self._engine_options(output_limit, prompt_profile, compact_at)
+        self._options = replace(self._options, concurrency=concurrency, choice_pack=choice_pack)
         if not isinstance(tool_turns, int) or isinstance(tool_turns, bool) or tool_turns < 1:
             raise CtxfoldError(f"tool_turns must be a whole number >= 1, got {tool_turns!r}")
         self.tools = as_tools(tools)
@@ -228,7 +238,7 @@ class RLM:
         return model if self._cache is None else CachedModel(model, self._cache)
 
     def _engine_options(
-        self, concurrency: int, output_limit: int | None, profile: str, compact_at: float | None
+        self, output_limit: int | None, profile: str, compact_at: float | None
     ) -> EngineOptions:
         window = self.model.context_window
         profile = profile_for(profile, self.model.name)
@@ -237,7 +247,6 @@ class RLM:
         window_chars = 200_000 if window is None else window * CHARS_PER_TOKEN
         history = max(8_000, int(window_chars * 0.6))
         return EngineOptions(
-            concurrency=concurrency,
             output_limit=output_limit,
             prompt_profile=profile,
             history_chars=history,

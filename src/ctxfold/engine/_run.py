@@ -23,6 +23,7 @@ class EngineOptions:
     """Knobs of the root loop that are not budgets."""
 
     concurrency: int = 16  # sub-calls in flight at once per engine
+    choice_pack: int = 1  # small items with the same choices asked together, at most this many
     output_limit: int = 8000  # characters of cell output shown to the root model
     prompt_profile: str = "concise"  # "concise" | "small"
     history_chars: int = 120_000  # root conversation is trimmed to about this many characters

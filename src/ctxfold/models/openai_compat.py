@@ -35,7 +35,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from ctxfold.choices import choice_grammar
+from ctxfold.choices import choice_grammar, pack_grammar
 from ctxfold.errors import MissingAPIKeyError, ModelSpecError
 from ctxfold.models._base import (
     Completion,
@@ -95,7 +95,8 @@ class OpenAIModel:
             sub-LLMs then use ctxfold's text protocol.
         grammar_choices: the server takes a llama.cpp GBNF ``grammar`` field (llama.cpp, its
             Python bindings): the ``choices`` call option then becomes a grammar, so the reply
-            is exactly one choice. Other servers ignore ``choices``; ctxfold checks the reply.
+            is exactly one choice (with ``choice_items=N``: N numbered lines, each a choice).
+            Other servers ignore ``choices``; ctxfold checks the reply.
 
     Raises:
         MissingAPIKeyError: the OpenAI API was chosen and no key is set.
@@ -264,7 +265,8 @@ class OpenAIModel:
                 body[key] = value
         choices = options.get("choices") if self.grammar_choices else None
         if choices:
-            body["grammar"] = choice_grammar(choices)
+            items = options.get("choice_items")
+            body["grammar"] = pack_grammar(items, choices) if items else choice_grammar(choices)
         return body, {"timeout": known.get("timeout", self.timeout)}
 
     def _post(self, conn: _Conn, payload: bytes, timeout: Any) -> bytes:
