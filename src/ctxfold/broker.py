@@ -222,9 +222,8 @@ class Broker:
         answers = [None if meter.reserve_sub_call() else self._over_budget("llm") for _ in items]
         asked = [i for i, text in enumerate(answers) if text is None]
         if len(asked) > 1:
-            for i, text in zip(
-                asked, self._ask_pack(model, [items[i] for i in asked]), strict=True
-            ):
+            picked = self._ask_pack(model, [items[i] for i in asked])
+            for i, text in zip(asked, picked, strict=True):
                 answers[i] = text
         return [
             self._llm(items[i], reserved=True) if text is None else text
