@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,8 +23,6 @@ from ctxfold.bench.tasks import get_task
 from ctxfold.bench.tasks._trec import LABELS, _load_trec
 from ctxfold.models import Completion, Message, Model, ScriptedModel
 from ctxfold.models._spec import resolve_model
-
-_INSTANCE = re.compile(r"Instance: (.*?)\n\nAnswer with", re.S)
 
 
 class _Shown:
@@ -52,8 +49,10 @@ def _simulated_sub(p: float, seed: int) -> ScriptedModel:
     rng = random.Random(seed)
 
     def reply(messages: list[Message]) -> str:
-        found = _INSTANCE.search(messages[-1]["content"])
-        gold = truth.get(" ".join(found.group(1).split())) if found else None
+        # the labelled text is one line of the prompt: a whole OOLONG line or its question part
+        lines = str(messages[-1]["content"]).splitlines()
+        texts = [" ".join(line.rsplit("Instance: ", 1)[-1].split()) for line in lines]
+        gold = next((truth[t] for t in texts if t in truth), None)
         if gold is None:  # not a labelling call of the expected form
             return "I do not know."
         return gold if rng.random() < p else rng.choice(names)

@@ -98,7 +98,7 @@ def test_the_root_is_shown_the_picked_demonstration() -> None:
     question = "Each line has one label, 'pet' or 'pest'. Which label is the most common?"
     rlm.run(question, context="cat\ndog\ncat")
     shown = "\n".join(m["content"] for m in first[0])
-    assert "llm_batch(lines, choices=labels)" in shown and "tickets" in shown
+    assert "llm_batch(texts, choices=labels)" in shown and "tickets" in shown
     assert "spring sale" not in shown
     task = first[0][-1]["content"]
     assert task.startswith("Done. New task.\n\n`context`: ")
