@@ -8,7 +8,8 @@ prefill rate, and what fraction of it each form reaches. Used for
     python benchmarks/pack_speed.py 'local:qwen2.5-coder-1.5b?window=8192' --n 32 --packs 1,16
 
 The lines are TREC questions (``$CTXFOLD_TREC_DIR/TREC.test``, default ``../shared/data/trec``)
-in the OOLONG-style format, with their true labels; the layouts are sent 4 at a time (as
+in the OOLONG-style format, with their true labels. Each form gets a new model server, so none
+finds prompts another form left in the server's cache. The layouts are sent 4 at a time (as
 ``llm_batch`` does on the 4 slots of the local server); in the ``RLM`` runs the root is scripted
 (it only calls ``llm_batch``), so the figures are the sub-calls' alone.
 """
@@ -16,11 +17,13 @@ in the OOLONG-style format, with their true labels; the layouts are sent 4 at a 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -94,6 +97,13 @@ def _first(text: str) -> str:
     return choice_instruction(NAMES).strip() + "\n\n" + text
 
 
+def _rotated(text: str) -> str:
+    """The instruction first, the choices in one of their cyclic rotations (drawn from the
+    text): each choice comes first in a sixth of the calls, and a server keeps six heads."""
+    k = int(hashlib.sha256(text.encode()).hexdigest(), 16) % len(NAMES)
+    return choice_instruction(NAMES[k:] + NAMES[:k]).strip() + "\n\n" + text
+
+
 LAYOUTS: dict[str, tuple[int, Callable[[str], str]]] = {  # name: (items per call, prompt)
     "A: the line, then the instruction (llm_batch today)": (1, lambda t: choice_prompt(t, NAMES)),
     "B: the instruction first, then the line": (1, _first),
@@ -101,6 +111,11 @@ LAYOUTS: dict[str, tuple[int, Callable[[str], str]]] = {  # name: (items per cal
     "D: the question part only, then the instruction": (
         1,
         lambda t: choice_prompt(_question(t), NAMES),
+    ),
+    "H: the instruction first (choices in a rotation), then the line": (1, _rotated),
+    "I: the instruction first (choices in a rotation), then the question part only": (
+        1,
+        lambda t: _rotated(_question(t)),
     ),
     "E: packs of 4 whole lines": (4, lambda t: t),
     "F: packs of 8 question parts": (8, _question),
@@ -174,7 +189,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", nargs="?", default="local:qwen2.5-coder-1.5b?window=8192")
     parser.add_argument("--n", type=int, default=32, help="lines to label")
-    parser.add_argument("--layouts", default="ABCDEFG", help="which layouts, by letter")
+    parser.add_argument("--layouts", default="ABCDHIEFG", help="which layouts, by letter")
     parser.add_argument("--packs", default="1,16", help="choice_pack values, compared in order")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
@@ -184,17 +199,28 @@ def main() -> None:
     print(f"{model.name}: {args.n} lines; true counts {dict(sorted(gold.items()))}", flush=True)
     rates = [prefill_rate(model) for _ in range(2)]
     print(f"engine prefill rate: {rates[0]:.1f}, {rates[1]:.1f} prompt tokens/s", flush=True)
+    model.close()
     first: Row | None = None
     for name in [n for n in LAYOUTS if n[0] in args.layouts]:
-        row = layout(model, items, name)
+        with _fresh(args.model) as model:  # a new server: no prompt cached by another form
+            row = layout(model, items, name)
         first = first or row
         _report(name, row, args.n, max(rates), first)
     first = None
     for pack in [int(p) for p in args.packs.split(",") if p]:
-        row = label(model, items, pack)
+        with _fresh(args.model) as model:
+            row = label(model, items, pack)
         first = first or row
         _report(f"llm_batch, choice_pack={pack}", row, args.n, max(rates), first)
-    model.close()
+
+
+@contextlib.contextmanager
+def _fresh(spec: str) -> Iterator[Model]:
+    model = resolve_model(spec)
+    try:
+        yield model
+    finally:
+        model.close()
 
 
 def _report(name: str, row: Row, n: int, rate: float, first: Row) -> None:
