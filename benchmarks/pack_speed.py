@@ -1,6 +1,6 @@
 """How fast a local model labels lines with ``choices``, side by side in one run on the same
-lines and the same model server: seven prompt layouts (one line per call as ``llm_batch`` sends
-it, the instruction first, only the question part of each line, packs of 4 to 16), then
+lines: nine prompt layouts (one line per call as ``llm_batch`` sends it, the instruction first in
+a fixed order or a rotation, only the question part of each line, packs of 4 to 16), then
 ``llm_batch`` itself through an ``RLM`` with ``choice_pack`` 1 and 16. Also measures the engine's
 prefill rate, and what fraction of it each form reaches. Used for
 ``benchmarks/results/pack-speed.md`` (issue 19, item 4).
