@@ -177,10 +177,7 @@ class Broker:
         prompt = item.prompt
         if item.choices:
             prompt = choice_prompt(prompt, item.choices, item.choice_notes)
-        messages: list[Message] = []
-        if item.system:
-            messages.append({"role": "system", "content": item.system})
-        messages.append({"role": "user", "content": prompt})
+        messages = _messages(item.system, prompt)
         call_id, started = self._start(
             "llm", model.name, item, key or request_key("llm", item), messages
         )
@@ -234,11 +231,8 @@ class Broker:
         """One sub-call for ``items``: each item's choice, or ``None`` where the reply gives
         none. The call's tokens are shared out among the items' trace events."""
         choices = items[0].choices or ()
-        messages: list[Message] = []
-        if items[0].system:
-            messages.append({"role": "system", "content": items[0].system})
         prompt = pack_prompt([item.prompt for item in items], choices, items[0].choice_notes)
-        messages.append({"role": "user", "content": prompt})
+        messages = _messages(items[0].system, prompt)
         calls = [
             self._start("llm", model.name, item, request_key("llm", item), messages)
             for item in items
@@ -493,6 +487,12 @@ class Broker:
         answer = self._run_child(item.prompt, item.context, child_depth)
         self._end(call_id, "rlm", model, started, answer, None)
         return answer
+
+
+def _messages(system: str | None, prompt: str) -> list[Message]:
+    """A sub-call's messages: its system text, if any, then its prompt."""
+    head: list[Message] = [{"role": "system", "content": system}] if system else []
+    return [*head, {"role": "user", "content": prompt}]
 
 
 def _packs(members: list[int], lengths: list[int], size: int) -> list[list[int]]:

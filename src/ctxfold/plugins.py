@@ -26,7 +26,7 @@ from typing import Any
 
 from ctxfold.errors import CtxfoldError
 
-__all__ = ["MODEL_GROUP", "SANDBOX_GROUP", "find_plugin", "plugin_names"]
+__all__ = ["MODEL_GROUP", "SANDBOX_GROUP", "find_plugin", "has_plugin", "plugin_names"]
 
 MODEL_GROUP = "ctxfold.models"
 SANDBOX_GROUP = "ctxfold.sandboxes"
@@ -49,18 +49,24 @@ def plugin_names(group: str, *, fresh: bool = False) -> list[str]:
     return sorted(_installed(group, fresh=fresh))
 
 
+def _entry(group: str, key: str) -> EntryPoint | None:
+    """The entry point named ``key`` (lower case) in ``group``, read again from the installed
+    distributions when this process's copy lacks it (installed since the last look?)."""
+    return _installed(group).get(key) or _installed(group, fresh=True).get(key)
+
+
+def has_plugin(group: str, name: str) -> bool:
+    """Whether ``name`` is registered in ``group`` (ignoring case)."""
+    return _entry(group, name.lower()) is not None
+
+
 def find_plugin(group: str, name: str, what: str) -> Callable[..., Any]:
     """The factory registered as ``name`` in ``group``; a one-line :class:`CtxfoldError` naming
     the installed ones when there is none (``what`` says what was asked for, e.g. "model
     provider"), or when it cannot be loaded."""
-    key = name.strip().lower()
-    found = _installed(group)
-    entry = found.get(key)
+    entry = _entry(group, name.strip().lower())
     if entry is None:
-        found = _installed(group, fresh=True)
-        entry = found.get(key)
-    if entry is None:
-        known = ", ".join(sorted(found)) or "none (is ctxfold installed? pip install -e .)"
+        known = ", ".join(plugin_names(group)) or "none (is ctxfold installed? pip install -e .)"
         raise CtxfoldError(f"unknown {what} {name!r}; installed: {known}")
     try:
         factory: Callable[..., Any] = entry.load()

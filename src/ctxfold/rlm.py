@@ -217,8 +217,13 @@ class RLM:
             raise CtxfoldError(
                 f"compact_at must be a fraction in (0, 1] or None, got {compact_at!r}"
             )
-        self._options = self._engine_options(output_limit, prompt_profile, compact_at)
-        self._options = replace(self._options, concurrency=concurrency, choice_pack=choice_pack)
+        self._options = self._engine_options(
+            output_limit,
+            prompt_profile,
+            compact_at,
+            concurrency=concurrency,
+            choice_pack=choice_pack,
+        )
         if not isinstance(tool_turns, int) or isinstance(tool_turns, bool) or tool_turns < 1:
             raise CtxfoldError(f"tool_turns must be a whole number >= 1, got {tool_turns!r}")
         self.tools = as_tools(tools)
@@ -238,7 +243,12 @@ class RLM:
         return model if self._cache is None else CachedModel(model, self._cache)
 
     def _engine_options(
-        self, output_limit: int | None, profile: str, compact_at: float | None
+        self,
+        output_limit: int | None,
+        profile: str,
+        compact_at: float | None,
+        concurrency: int,
+        choice_pack: int,
     ) -> EngineOptions:
         window = self.model.context_window
         profile = profile_for(profile, self.model.name)
@@ -247,6 +257,8 @@ class RLM:
         window_chars = 200_000 if window is None else window * CHARS_PER_TOKEN
         history = max(8_000, int(window_chars * 0.6))
         return EngineOptions(
+            concurrency=concurrency,
+            choice_pack=choice_pack,
             output_limit=output_limit,
             prompt_profile=profile,
             history_chars=history,

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from ctxfold.errors import CtxfoldError, ModelSpecError
 from ctxfold.models._base import Model
-from ctxfold.plugins import MODEL_GROUP, find_plugin, plugin_names
+from ctxfold.plugins import MODEL_GROUP, find_plugin, has_plugin, plugin_names
 
 __all__ = ["foreign_endpoint", "resolve_model", "split_url"]
 
@@ -49,12 +49,10 @@ def resolve_model(spec: str | Model) -> Model:
     provider, query, tail = head.partition("?")
     if colon and not rest.strip():
         raise ModelSpecError(f"model spec {spec!r} has no name after '{head}:': {_FORMS}")
-    installed = plugin_names(MODEL_GROUP)
-    if provider.lower() not in installed:
-        installed = plugin_names(MODEL_GROUP, fresh=True)  # installed since the last look?
-    if provider.lower() not in installed:
+    if not has_plugin(MODEL_GROUP, provider):
+        installed = ", ".join(plugin_names(MODEL_GROUP))
         raise ModelSpecError(
-            f"unknown model spec {spec!r}: {_FORMS} (installed providers: {', '.join(installed)})"
+            f"unknown model spec {spec!r}: {_FORMS} (installed providers: {installed})"
         )
     try:
         factory = find_plugin(MODEL_GROUP, provider, "model provider")
