@@ -166,3 +166,9 @@ def test_packs_are_cached_apart_from_single_calls(tmp_path: Any) -> None:
     messages: list[Message] = [{"role": "user", "content": "p"}]
     one = cache.key("m", messages, {"choices": LABELS})
     assert one != cache.key("m", messages, {"choices": LABELS, "choice_items": 2})
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "16"])
+def test_a_bad_choice_pack_is_a_one_line_error(bad: object) -> None:
+    with pytest.raises(ctxfold.CtxfoldError, match="choice_pack must be a whole number >= 1"):
+        ctxfold.RLM(model=ScriptedModel(["unused"]), choice_pack=bad)  # type: ignore[arg-type]
