@@ -196,6 +196,8 @@ def test_ctrl_c_flushes_trace_and_exits_130(tmp_path: Path) -> None:
         proc = subprocess.Popen(
             [
                 sys.executable,
+                "-X",
+                "faulthandler",  # so a hang below can be shown: SIGABRT dumps every thread
                 "-m",
                 "ctxfold",
                 "ask",
@@ -220,7 +222,12 @@ def test_ctrl_c_flushes_trace_and_exits_130(tmp_path: Path) -> None:
         ours = _workers() - workers_before
         assert ours, "the run's sandbox worker was not seen"
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            _, err = proc.communicate(timeout=30)
+            pytest.fail(f"the CLI did not exit within 30 s of SIGINT; its threads:\n{err}")
     assert proc.returncode == 130, err
     events = [json.loads(line)["type"] for line in trace.read_text().splitlines()]
     assert events[0] == "run_start" and events[-1] == "run_end"
