@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +151,11 @@ class _Hanging:
                 "n_a = context.count('a')\nprint(n_a, llm_query('sub one'))\n"
                 "answer['content'] = str(n_a)\nanswer['ready'] = True"
             )
+        if question == "Question: what did I ask first?":
+            return code(
+                "print(n_a, half)\nanswer['content'] = f\"{answers[0]['question']} {half}\"\n"
+                "answer['ready'] = True"
+            )
         if turn == 0:
             return code("half = llm_query('sub two')\nprint(n_a, half)")
         self.reached.set()
@@ -156,10 +163,12 @@ class _Hanging:
         return code("answer['content'] = f'{2 * n_a} {half}'\nanswer['ready'] = True")
 
 
-def test_a_killed_session_resumes_from_its_trace(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    trace = tmp_path / "session.jsonl"
+@contextlib.contextmanager
+def _killed_session(
+    trace: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[FakeOpenAIServer, int]]:
+    """A session killed (``kill -9``) during question 2; yields the live server and how many
+    requests it had seen by then."""
     script = _Hanging()
     with FakeOpenAIServer(script) as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
@@ -171,8 +180,14 @@ def test_a_killed_session_resumes_from_its_trace(
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         script.release.set()
-        asked_before = len(server.requests)
+        yield server, len(server.requests)
 
+
+def test_a_killed_session_resumes_from_its_trace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trace = tmp_path / "session.jsonl"
+    with _killed_session(trace, monkeypatch) as (server, asked_before):
         result = ctxfold.RLM.resume(trace)
 
         assert result.ready and result.answer == "6 sub answer"  # n_a came from question 1
@@ -183,3 +198,33 @@ def test_a_killed_session_resumes_from_its_trace(
     assert [e.index for e in events.of_type(RunStart)] == [0, 1]
     assert events.of_type(RunEnd)[-1].answer == "6 sub answer"
     assert not (tmp_path / "session.jsonl.inputs").exists()
+
+
+def test_a_killed_session_reopens_for_more_questions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trace = tmp_path / "session.jsonl"
+    with _killed_session(trace, monkeypatch):
+        session = ctxfold.RLM.resume_session(trace)
+        with session:
+            assert session.resumed is not None
+            assert session.resumed.answer == "6 sub answer"
+            # the REPL holds what the finished questions left: n_a, half and answers
+            later = session.ask("what did I ask first?")
+        assert later.ready and later.answer == "count the a's sub answer"
+        with pytest.raises(ctxfold.CtxfoldError, match="session is closed"):
+            session.ask("double it")
+    events = Trace.load(trace)
+    assert [e.index for e in events.of_type(RunStart)] == [0, 1, 2]
+    assert events.of_type(RunEnd)[-1].answer == "count the a's sub answer"
+
+
+def test_resume_session_refuses_the_trace_of_a_single_run(tmp_path: Path) -> None:
+    trace = tmp_path / "run.jsonl"
+    model = ScriptedModel([code("answer['content'] = 'x'\nanswer['ready'] = True")])
+    with ctxfold.RLM(model=model) as rlm:
+        rlm.run("q", context="data", trace=trace)
+    lines = trace.read_text().splitlines(keepends=True)
+    trace.write_text("".join(lines[:-1]))  # its run_end dropped: as if the host died
+    with pytest.raises(ctxfold.CtxfoldError, match="single run, not a session: use resume"):
+        ctxfold.RLM.resume_session(trace, model=model)
