@@ -409,12 +409,11 @@ class RLM:
         your API key: it raises :class:`~ctxfold.UntrustedSpecError` unless you pass the model
         yourself or ``trust_trace=True``. A malformed trace raises :class:`CtxfoldError`.
         """
-        trace = Trace.reopen(path)
+        trace, state, prepared, rlm = cls._reopened(
+            path, model, sub_model, budget, trust_trace, options
+        )
+        start = state.start
         try:
-            state = load_resume_state(trace)
-            start = state.start
-            prepared = _recorded_inputs(start)  # checked before any model is made
-            rlm = cls._for_trace(start, model, sub_model, budget, trust_trace, options)
             with rlm:
                 if start.session:  # a session's question: its earlier questions are replayed
                     with rlm._resumed_session(state, prepared, trace, path, budget) as session:
@@ -450,21 +449,41 @@ class RLM:
         holds what it held; the interrupted question is finished (``session.resumed`` is its
         result); the session stays open for more questions, appending to the same trace. It
         owns the RLM made for it: closing the session closes that too."""
+        trace, state, prepared, rlm = cls._reopened(
+            path, model, sub_model, budget, trust_trace, options, session=True
+        )
+        try:
+            return rlm._resumed_session(state, prepared, trace, path, budget, owner=rlm)
+        except BaseException:
+            rlm.close()
+            raise
+
+    @classmethod
+    def _reopened(
+        cls,
+        path: str | os.PathLike[str],
+        model: str | Model | None,
+        sub_model: str | Model | None,
+        budget: Budget | None,
+        trust_trace: bool,
+        options: dict[str, Any],
+        *,
+        session: bool = False,
+    ) -> tuple[Trace, ResumeState, list[PreparedContext], RLM]:
+        """The trace at ``path`` reopened for appending, what it recorded, its inputs (checked
+        before any model is made) and an RLM for its models; the trace is closed again when any
+        of it fails. With ``session``, a trace of a single run is refused."""
         trace = Trace.reopen(path)
         try:
             state = load_resume_state(trace)
-            if not state.start.session:
+            if session and not state.start.session:
                 raise CtxfoldError("that trace is of a single run, not a session: use resume()")
             prepared = _recorded_inputs(state.start)
             rlm = cls._for_trace(state.start, model, sub_model, budget, trust_trace, options)
         except BaseException:
             trace.close()
             raise
-        try:
-            return rlm._resumed_session(state, prepared, trace, path, budget, owner=rlm)
-        except BaseException:
-            rlm.close()
-            raise
+        return trace, state, prepared, rlm
 
     @classmethod
     def _for_trace(
