@@ -65,16 +65,7 @@ def start_worker(
     out_r, out_w = os.pipe()
     try:
         argv = command(to_worker_r, from_worker_w)
-        streams: dict[str, Any] = (
-            {"stdin": to_worker_r, "stdout": from_worker_w, "stderr": out_w}
-            if stdio
-            else {
-                "stdin": subprocess.DEVNULL,
-                "stdout": out_w,
-                "stderr": out_w,
-                "pass_fds": (to_worker_r, from_worker_w, *extra_fds),
-            }
-        )
+        streams = _streams(stdio, to_worker_r, from_worker_w, out_w, extra_fds)
         proc = spawn(
             lambda: subprocess.Popen(
                 argv,
@@ -110,3 +101,18 @@ def start_worker(
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         raise
+
+
+def _streams(
+    stdio: bool, channel_in: int, channel_out: int, output: int, extra_fds: tuple[int, ...]
+) -> dict[str, Any]:
+    """``Popen``'s stream arguments: the channel on stdin/stdout (``stdio``), or passed as two
+    more fds with stdout and stderr both going to ``output``."""
+    if stdio:
+        return {"stdin": channel_in, "stdout": channel_out, "stderr": output}
+    return {
+        "stdin": subprocess.DEVNULL,
+        "stdout": output,
+        "stderr": output,
+        "pass_fds": (channel_in, channel_out, *extra_fds),
+    }

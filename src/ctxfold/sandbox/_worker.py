@@ -729,7 +729,12 @@ def _as_list(prompts: Any, name: str) -> list[Any]:
 
 def _make_functions(worker: _Worker) -> list[Callable[..., Any]]:
     """The functions model code can call (each documented: models may call help())."""
-    return [*_subcall_functions(worker), *_answer_functions(worker), _cite_function(worker)]
+    return [
+        *_llm_functions(worker),
+        *_rlm_functions(worker),
+        *_answer_functions(worker),
+        _cite_function(worker),
+    ]
 
 
 def _ask(worker: _Worker, kind: str, name: str, items: list[Any], with_context: bool) -> list[str]:
@@ -752,8 +757,8 @@ def _ask(worker: _Worker, kind: str, name: str, items: list[Any], with_context: 
     return [s if s is not None else "[error: no answer]" for s in slots]
 
 
-def _subcall_functions(worker: _Worker) -> list[Callable[..., Any]]:
-    """``llm_query``, ``llm_batch``, ``rlm_query``, ``rlm_batch``: sub-calls through the host."""
+def _llm_functions(worker: _Worker) -> list[Callable[..., Any]]:
+    """``llm_query`` and ``llm_batch``: sub-LLM calls through the host."""
 
     def llm_query(
         prompt: str,
@@ -798,6 +803,12 @@ def _subcall_functions(worker: _Worker) -> list[Callable[..., Any]]:
             ]
         return _ask(worker, "llm", "llm_batch", items, False)
 
+    return [llm_query, llm_batch]
+
+
+def _rlm_functions(worker: _Worker) -> list[Callable[..., Any]]:
+    """``rlm_query`` and ``rlm_batch``: child RLMs run by the host."""
+
     def rlm_query(prompt: str, context: Any = None) -> str:
         """Hand a sub-problem to a child RLM with its own REPL; return its answer as text.
 
@@ -823,7 +834,7 @@ def _subcall_functions(worker: _Worker) -> list[Callable[..., Any]]:
             ]
         return _ask(worker, "rlm", "rlm_batch", items, True)
 
-    return [llm_query, llm_batch, rlm_query, rlm_batch]
+    return [rlm_query, rlm_batch]
 
 
 def _answer_functions(worker: _Worker) -> list[Callable[..., Any]]:
