@@ -22,6 +22,7 @@ def test_run_perf_tiny_reports_every_figure() -> None:
     assert perf.max_in_flight == 4
     for name in ("overhead_ms", "steady_ms", "server_ms", "run_s", "batch_s", "batch_ratio"):
         assert len(perf.samples[name]) == 1
+    assert len(perf.samples["batch_gc_ms"]) == 1 and perf.samples["batch_gc_ms"][0] >= 0
 
     data = report.to_dict()
     json.dumps(data)  # JSON-ready
@@ -39,5 +40,19 @@ def test_run_perf_tiny_reports_every_figure() -> None:
     assert f"| batch: wall time / ideal | {spread} |" in text
     assert "| batch: most requests in flight | 4 / 4 / 4 |" in text
     assert "cold start (ms) |" in text
+    assert "| batch: full garbage collections in the host (ms) |" in text
     every = report.targets["batch <= 1.05 x ideal in every repeat"]
     assert every == (perf.batch_ratio <= 1.05)
+
+
+def test_full_collections_during_a_block_are_timed_and_only_those() -> None:
+    import gc
+
+    from ctxfold.bench.perf import _full_collections
+
+    with _full_collections() as pauses:
+        gc.collect(0)  # a young collection is not counted
+        assert pauses == []
+        gc.collect()
+    gc.collect()  # after the block: not counted either
+    assert len(pauses) == 1 and pauses[0] >= 0

@@ -25,7 +25,10 @@ reported), each against its own :class:`~ctxfold.testing.FakeOpenAIServer`:
   times the call itself. The ideal is ``ceil(batch / concurrency) * latency``. ctxfold runs with
   ``concurrency`` workers; rlms' batch concurrency is fixed by its ``LMHandler``
   (``batch_max_concurrent=16``, not configurable through ``rlm.RLM``), so ``concurrency=16``
-  compares like with like. The server reports the most requests it had in flight at once.
+  compares like with like. The server reports the most requests it had in flight at once, and
+  the benchmark how long full garbage collections held its own process (and the GIL, so every
+  request thread) during the batch: a repeat well over the ideal with a long one is the
+  collector, not the scheduling (``benchmarks/results/perf-distributions.md``, stop 24).
 
 Both libraries get the same script, keyed on message content: the question carries a marker
 (``PERF-SCRIPT turns:N`` or ``PERF-SCRIPT batch:N:FUNCTION``) and each reply names its turn in a
@@ -48,6 +51,7 @@ comparison (``benchmarks/perf.py --in-process-server``).
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import importlib.metadata
 import itertools
@@ -315,6 +319,28 @@ class _TurnSample:
 class _BatchSample:
     batch_s: float
     max_in_flight: int
+    gc_ms: float = 0.0  # full garbage collections in this process during the batch, in all
+
+
+@contextlib.contextmanager
+def _full_collections() -> Iterator[list[float]]:
+    """The length (ms) of each full garbage collection in this process while the block runs:
+    it holds the GIL, so every request thread of a batch waits it out."""
+    pauses: list[float] = []
+    began = [0.0]
+
+    def note(phase: str, info: dict[str, Any]) -> None:
+        if info.get("generation") == 2:
+            if phase == "start":
+                began[0] = time.perf_counter()
+            else:
+                pauses.append(1000 * (time.perf_counter() - began[0]))
+
+    gc.callbacks.append(note)
+    try:
+        yield pauses
+    finally:
+        gc.callbacks.remove(note)
 
 
 def _question(kind: str, size: int, function: str = "") -> str:
@@ -396,7 +422,7 @@ def _measure_turns(library: str, turns: int, setup: _Setup) -> _TurnSample:
 def _measure_batch(library: str, batch: int, latency: float, setup: _Setup) -> _BatchSample:
     run, function = _RUNNERS[library]
     _quiet()
-    with _serving(latency, setup.isolated_server) as server:
+    with _serving(latency, setup.isolated_server) as server, _full_collections() as pauses:
         answer = run(server.base_url, _question("batch", batch, function), 4, setup)
         stats = server.stats()
     seconds, _, n_ok = answer.strip().partition(" ")
@@ -405,7 +431,7 @@ def _measure_batch(library: str, batch: int, latency: float, setup: _Setup) -> _
             f"{library}: {n_ok or 0} of {batch} sub-calls answered ({stats.requests} requests "
             f"seen by the server): {answer!r}"
         )
-    return _BatchSample(float(seconds), stats.max_in_flight)
+    return _BatchSample(float(seconds), stats.max_in_flight, sum(pauses))
 
 
 # -- the report -----------------------------------------------------------------------------
@@ -563,6 +589,7 @@ class PerfReport:
             ("steady_ms", "between turns only (ms)", ".2f"),
             ("batch_ratio", "batch: wall time / ideal", ".3f"),
             ("max_in_flight", "batch: most requests in flight", ".0f"),
+            ("batch_gc_ms", "batch: full garbage collections in the host (ms)", ".0f"),
         ]
         lines = [
             f"Over the {self.repeats} repeat(s): min / median / max.",
@@ -765,6 +792,7 @@ def _summarise(
         "batch_s": [b.batch_s for b in batches],
         "batch_ratio": [b.batch_s / ideal for b in batches],
         "max_in_flight": [float(b.max_in_flight) for b in batches],
+        "batch_gc_ms": [b.gc_ms for b in batches],
     }
     medians = {name: statistics.median(values) for name, values in samples.items()}
     return LibraryPerf(
