@@ -172,3 +172,16 @@ def test_packs_are_cached_apart_from_single_calls(tmp_path: Any) -> None:
 def test_a_bad_choice_pack_is_a_one_line_error(bad: object) -> None:
     with pytest.raises(ctxfold.CtxfoldError, match="choice_pack must be a whole number >= 1"):
         ctxfold.RLM(model=ScriptedModel(["unused"]), choice_pack=bad)  # type: ignore[arg-type]
+
+
+def test_a_failed_pack_is_traced_and_answered_as_a_failed_single_call_is() -> None:
+    def broken(messages: list[Message]) -> str:
+        raise RuntimeError("the server went away")
+
+    lines = ["buy now", "see you", "buy more"]
+    packed = _run(lines, ScriptedModel(broken))
+    alone = _run(lines, ScriptedModel(broken), choice_pack=1)
+    for result in (packed, alone):
+        got = ast.literal_eval(result.answer)
+        assert got == ["[error: llm_query: the server went away]"] * 3
+        assert [e.error for e in _ends(result)] == ["the server went away"] * 3

@@ -186,14 +186,10 @@ class Broker:
             text, error = completion.text, None
             if item.choices:
                 completion, text, error = self._chosen(model, messages, completion, item.choices)
-        except BudgetSpent as exc:
-            refused = self._over_budget("llm", exc.limit)
-            self._end(call_id, "llm", model.name, started, "", refused)
-            return refused
         except Exception as exc:
-            message = str(exc) or type(exc).__name__
-            self._end(call_id, "llm", model.name, started, "", message)
-            return error_text("llm_query", message)
+            traced, answer = self._failed(exc)
+            self._end(call_id, "llm", model.name, started, "", traced)
+            return answer
         usage = completion.usage
         self._end(
             call_id,
@@ -248,13 +244,10 @@ class Broker:
                 max_tokens=pack_max_tokens(len(items), choices),
             )
         except Exception as exc:
-            if isinstance(exc, BudgetSpent):
-                failed = self._over_budget("llm", exc.limit)
-            else:
-                failed = error_text("llm_query", str(exc) or type(exc).__name__)
+            traced, answer = self._failed(exc)
             for call_id, started in calls:
-                self._end(call_id, "llm", model.name, started, "", failed)
-            return [failed] * len(items)
+                self._end(call_id, "llm", model.name, started, "", traced)
+            return [answer] * len(items)
         picked = read_pack(completion.text, len(items), choices)
         usage = completion.usage
         inputs = _shares(usage.input_tokens, len(items))
@@ -276,6 +269,15 @@ class Broker:
                 cache_hit=usage.cache_hit,
             )
         return list(picked)
+
+    def _failed(self, exc: Exception) -> tuple[str, str]:
+        """A failed sub-LLM call: the error its trace event records, and the text its item gets
+        (a spent budget is the same refusal in both)."""
+        if isinstance(exc, BudgetSpent):
+            refused = self._over_budget("llm", exc.limit)
+            return refused, refused
+        message = str(exc) or type(exc).__name__
+        return message, error_text("llm_query", message)
 
     def _chosen(
         self,
