@@ -328,6 +328,15 @@ def test_bad_inputs_raise_one_clear_error(tmp_path: Path, no_orphans) -> None:
         ctxfold.Budget(iterations=0)
 
 
+@pytest.mark.parametrize("option", ["concurrency", "tool_turns", "choice_pack"])
+@pytest.mark.parametrize("bad", [0, -1, 2.0, True, "4"])
+def test_a_count_option_that_is_not_a_whole_number_is_one_clear_error(
+    option: str, bad: object
+) -> None:
+    with pytest.raises(ctxfold.CtxfoldError, match=f"^{option} must be a whole number >= 1, got "):
+        ctxfold.RLM(model=ScriptedModel([code("print(1)")]), **{option: bad})
+
+
 def test_ready_guard_fires_only_once() -> None:
     rlm = make_rlm([code('FINAL("a")'), code('FINAL("b")'), code('FINAL("c")')])
     result = rlm.run("q", context="data")

@@ -72,6 +72,12 @@ def _inputs_dir(keep: Path | None) -> Iterator[Path]:
         remove_soon(workdir)  # gone now, deleted in the background
 
 
+def _check_count(value: object, name: str) -> None:
+    """A one-line :class:`CtxfoldError` unless ``value`` is a whole number >= 1 (not ``True``)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise CtxfoldError(f"{name} must be a whole number >= 1, got {value!r}")
+
+
 def _recorded_inputs(start: RunStart) -> list[PreparedContext]:
     """The inputs of a recorded run, checked to be well-formed and still there."""
     prepared = []
@@ -189,10 +195,8 @@ class RLM:
         self._cache = _response_cache(cache)
         if budget is not None and not isinstance(budget, Budget):
             raise CtxfoldError(f"budget must be a ctxfold.Budget, got {type(budget).__name__}")
-        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
-            raise CtxfoldError(f"concurrency must be a whole number >= 1, got {concurrency!r}")
-        if not isinstance(choice_pack, int) or isinstance(choice_pack, bool) or choice_pack < 1:
-            raise CtxfoldError(f"choice_pack must be a whole number >= 1, got {choice_pack!r}")
+        _check_count(concurrency, "concurrency")
+        _check_count(choice_pack, "choice_pack")
         if prompt_profile not in (*PROFILES, "auto"):
             raise CtxfoldError(f"prompt_profile must be one of auto, {', '.join(PROFILES)}")
         if output_limit is not None and (not isinstance(output_limit, int) or output_limit < 200):
@@ -224,8 +228,7 @@ class RLM:
             concurrency=concurrency,
             choice_pack=choice_pack,
         )
-        if not isinstance(tool_turns, int) or isinstance(tool_turns, bool) or tool_turns < 1:
-            raise CtxfoldError(f"tool_turns must be a whole number >= 1, got {tool_turns!r}")
+        _check_count(tool_turns, "tool_turns")
         self.tools = as_tools(tools)
         self._tool_turns = tool_turns
         if extension is not None:
