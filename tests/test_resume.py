@@ -10,12 +10,14 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import ctxfold
+from ctxfold.models import ScriptedModel
 from ctxfold.testing.fake_openai import FakeOpenAIServer
-from ctxfold.trace import Cell
+from ctxfold.trace import Cell, Compaction
 
 TURNS = [
     '```python\nparts = llm_batch(["sub A", "sub B"])\nsecret = 41\nprint(parts)\n```',
@@ -118,3 +120,40 @@ def test_resume_cli_errors_are_one_line(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("ctxfold: error:")
+
+
+def _chunk_printer(first: int, interrupt_at: int | None = None) -> ScriptedModel:
+    """Turns from ``first`` on: 12 that each print a marked 1,500-character chunk, then an
+    answer naming the markers that `history` holds; Ctrl-C (KeyboardInterrupt) at
+    ``interrupt_at``."""
+    turn = first
+
+    def reply(messages: list[dict[str, Any]]) -> str:
+        nonlocal turn
+        if "will be replaced by your notes" in messages[-1]["content"]:
+            return "Notes: chunks were printed."
+        n, turn = turn, turn + 1
+        if n == interrupt_at:
+            raise KeyboardInterrupt
+        if n < 12:
+            return f"```python\nprint('marker{n}-' + '{n % 10}' * 1500)\n```"
+        return (
+            "```python\ntext = ' '.join(m['content'] for m in history)\n"
+            "answer['content'] = ','.join(str(i) for i in range(12) if f'marker{i}-' in text)\n"
+            "answer['ready'] = True\n```"
+        )
+
+    return ScriptedModel(reply, context_window=8_000)
+
+
+def test_history_after_resume_holds_the_replayed_turns(tmp_path: Path) -> None:
+    trace = tmp_path / "run.jsonl"
+    budget = ctxfold.Budget(iterations=40)
+    with pytest.raises(KeyboardInterrupt), ctxfold.RLM(_chunk_printer(0, 4), budget=budget) as rlm:
+        rlm.run("q", "some input", trace=trace)
+
+    result = ctxfold.RLM.resume(trace, model=_chunk_printer(4), compact_at=0.5, budget=budget)
+
+    assert result.ready and result.trace.of_type(Compaction), "the conversation was not compacted"
+    # Turns 0-3 ran before Ctrl-C and were replayed: `history` has them as well as the new ones.
+    assert result.answer == ",".join(str(i) for i in range(12))

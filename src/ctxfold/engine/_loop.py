@@ -349,8 +349,12 @@ class Engine:
         timeout = self._shared.budget.cell_seconds
         for turn in replay.turns:
             loop.turn = turn.turn
-            loop.messages.append({"role": "assistant", "content": turn.reply})
-            loop.messages.append({"role": "user", "content": turn.feedback or ""})
+            replayed: list[Message] = [
+                {"role": "assistant", "content": turn.reply},
+                {"role": "user", "content": turn.feedback or ""},
+            ]
+            loop.messages.extend(replayed)
+            loop.transcript.extend(replayed)  # `history` holds them as the first run's did
             for code in turn.cells:
                 sandbox.execute(code, timeout=timeout)
                 loop.cells_run.setdefault(_code_key(code), turn.turn)
