@@ -29,6 +29,11 @@ reported), each against its own :class:`~ctxfold.testing.FakeOpenAIServer`:
   the benchmark how long full garbage collections held its own process (and the GIL, so every
   request thread) during the batch: a repeat well over the ideal with a long one is the
   collector, not the scheduling (``benchmarks/results/perf-distributions.md``, stop 24).
+- **warm-up**: each library first makes one short run, not counted (imports, first
+  connections, the price table), and the warm-up ends with a full collection
+  (``gc.collect()``). A program that has started up has had that collection; left pending, it
+  came due in one measured repeat of each process (77-78 ms, walking the ~110,000 objects of
+  start-up: ``benchmarks/gc_freeze.py``, stop 25).
 
 Both libraries get the same script, keyed on message content: the question carries a marker
 (``PERF-SCRIPT turns:N`` or ``PERF-SCRIPT batch:N:FUNCTION``) and each reply names its turn in a
@@ -695,6 +700,7 @@ def _sample(
         for library in libraries:  # warm-up: imports, first connections; not counted
             say(f"warm-up {library}")
             _measure_turns(library, 2, setup)
+        gc.collect()  # start-up's full collection, not one in a measured repeat
         for rep in range(repeats):
             order = libraries if rep % 2 == 0 else libraries[::-1]
             for library in order:
