@@ -2,6 +2,7 @@
 (``gc.collect()`` then ``gc.freeze()``), side by side.
 
     .venv/bin/python benchmarks/gc_freeze.py --runs 3 --repeats 8
+    .venv/bin/python benchmarks/gc_freeze.py --pauses     # what one full collection costs
 
 Each run is a fresh process per variant that makes one small RLM run (imports, first
 connections and the price table loaded, as in a program that has started up), does what its
@@ -9,6 +10,10 @@ variant says, then measures :func:`ctxfold.bench.perf.run_perf` (ctxfold, and rl
 installed). Processes alternate between the variants, so all see the same machine. Printed per
 process: the full garbage collections during the whole measurement, and for each library each
 repeat's batch / ideal, the full collections during the batches and the per-turn overhead.
+
+``--pauses``: in one process set up as ``ctxfold serve`` is (the ``serve`` extra imported, an
+app made for an RLM that has answered once), five timed full collections, then
+``gc.freeze()``, then five more; the tracked objects each time.
 """
 
 from __future__ import annotations
@@ -72,6 +77,28 @@ def _child(variant: str, repeats: int) -> None:
     print(json.dumps(out))
 
 
+def _pauses() -> None:
+    import uvicorn  # noqa: F401 - what serve has imported
+
+    import ctxfold
+    from ctxfold.serve import create_app
+
+    _started_up()
+    with ctxfold.RLM(model="openai:gpt-4o-mini@http://127.0.0.1:9/v1") as rlm:
+        create_app({"rlm": rlm})
+        for label in ("as started", "after gc.freeze()"):
+            if label != "as started":
+                gc.freeze()
+            times = []
+            for _ in range(5):
+                began = time.perf_counter()
+                gc.collect()
+                times.append(1000 * (time.perf_counter() - began))
+            tracked = len(gc.get_objects())
+            shown = " ".join(f"{ms:.1f}" for ms in times)
+            print(f"{label}: {tracked} objects tracked; full collection (ms): {shown}")
+
+
 def _row(label: str, values: list[float], fmt: str) -> str:
     return f"  {label}: " + " ".join(format(v, fmt) for v in values)
 
@@ -80,8 +107,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="processes per variant")
     parser.add_argument("--repeats", type=int, default=8, help="run_perf repeats per process")
+    parser.add_argument("--pauses", action="store_true", help="time full collections only")
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.pauses:
+        _pauses()
+        return
     if args.child:
         _child(args.child, args.repeats)
         return

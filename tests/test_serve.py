@@ -346,3 +346,29 @@ def test_bad_flags_are_one_line_errors() -> None:
     )
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "NAME=MODEL_SPEC" in done.stderr
+
+
+SETTLED = """
+import gc, sys
+import ctxfold
+from ctxfold.cli._common import settle_heap
+rlm = ctxfold.RLM(model="openai:gpt-4o-mini@http://127.0.0.1:9/v1", sub_model=sys.argv[1])
+loaded = "genai_prices.data" in sys.modules
+settle_heap([rlm])
+print(loaded, "genai_prices.data" in sys.modules, gc.get_freeze_count(), len(gc.get_objects()))
+"""
+
+
+def test_a_long_lived_verb_settles_its_heap_before_serving() -> None:
+    # serve and mcp call this once set up: the price table is loaded then, and all start-up
+    # made is frozen, so full collections while serving walk only what serving makes.
+    out = subprocess.run(
+        [sys.executable, "-c", SETTLED, "openai:gpt-4o@http://127.0.0.1:9/v1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+    loaded_before, loaded_after, frozen, tracked = out[0], out[1], int(out[2]), int(out[3])
+    assert (loaded_before, loaded_after) == ("False", "True")
+    assert frozen > 20_000 and tracked < 1_000

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ctxfold.budget import Budget
-from ctxfold.cli._common import add_model_options, serve_extra
+from ctxfold.cli._common import add_model_options, serve_extra, settle_heap
 from ctxfold.errors import CtxfoldError
 
 
@@ -37,5 +37,7 @@ def run(args: argparse.Namespace) -> int:
     rlm = RLM(
         model=args.model, sub_model=args.sub_model, budget=Budget(iterations=args.max_iterations)
     )
-    create_mcp_server(rlm, root).run("stdio")
+    server = create_mcp_server(rlm, root)
+    settle_heap([rlm])
+    server.run("stdio")
     return 0

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ctxfold.budget import Budget
-from ctxfold.cli._common import add_model_options, serve_extra
+from ctxfold.cli._common import add_model_options, serve_extra, settle_heap
 from ctxfold.errors import CtxfoldError
 
 
@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
             rlm.close()
         raise
     app = create_app(rlms, config)
+    settle_heap(rlms.values())
     server = uvicorn.Server(
         uvicorn.Config(
             app,
