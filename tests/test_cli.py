@@ -241,6 +241,50 @@ def _workers() -> set[int]:
     return worker_children()
 
 
+ELSEWHERE = """
+import signal, sys, threading, time
+import ctxfold
+# The one thread that may take SIGINT: made before the main thread blocks it, so it alone
+# inherits it unblocked. A signal taken there interrupts no wait of the main thread.
+threading.Thread(target=time.sleep, args=(120,), daemon=True).start()
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+try:
+    ctxfold.RLM(model=sys.argv[1]).run("q", context="data", trace=sys.argv[2])
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+def test_ctrl_c_taken_by_another_thread_still_stops_a_long_cell(tmp_path: Path) -> None:
+    # Linux gives a process's signal to any thread not blocking it. Python runs the handler
+    # (KeyboardInterrupt) in the main thread, but only once that thread runs Python code: the
+    # host's wait for a cell must not block for the whole cell.
+    trace = tmp_path / "t.jsonl"
+    slow = '```python\nimport time\nprint("start", flush=True)\ntime.sleep(60)\n```'
+    with FakeOpenAIServer(lambda m: slow) as server:
+        spec = f"openai:m@{server.base_url}"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", ELSEWHERE, spec, str(trace)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if trace.exists() and '"type": "root_response"' in trace.read_text():
+                break
+            time.sleep(0.05)
+        time.sleep(1.0)  # let the cell start
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail("the run did not stop within 30 s of SIGINT (its cell sleeps 60 s)")
+    assert out.strip() == "interrupted", err
+
+
 def test_bench_list_names_every_task_and_method() -> None:
     from ctxfold.bench import METHODS
     from ctxfold.bench.tasks import TASKS

@@ -30,7 +30,8 @@ class _Starting:
 
     def wait(self) -> None:
         """Block until the step is done; raise its error (once) if it failed."""
-        self._thread.join()
+        while self._thread.is_alive():  # in slices: Ctrl-C taken by another thread is seen
+            self._thread.join(0.25)
         error, self._error = self._error, None
         if error is not None:
             raise error
