@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,17 @@ def _become_subreaper() -> None:
 
 
 _become_subreaper()
+
+
+def _take_ctrl_c_back() -> None:
+    """A shell starts a background job (``make test &``, a runner's script) with SIGINT ignored,
+    and every process the tests start inherits that: a CLI the tests press Ctrl-C on would not
+    hear it. The test run takes Python's own handler back, as a job in a terminal has it."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_take_ctrl_c_back()
 
 
 def worker_children() -> set[int]:
