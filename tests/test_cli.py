@@ -193,7 +193,7 @@ def test_ctrl_c_flushes_trace_and_exits_130(tmp_path: Path) -> None:
     with FakeOpenAIServer(lambda m: slow) as server:
         doc = tmp_path / "doc.txt"
         doc.write_text("data")
-        proc = subprocess.Popen(
+        proc = _running_a_cell(
             [
                 sys.executable,
                 "-X",
@@ -209,16 +209,8 @@ def test_ctrl_c_flushes_trace_and_exits_130(tmp_path: Path) -> None:
                 "--trace",
                 str(trace),
             ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            trace,
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if trace.exists() and "root_response" in trace.read_text():
-                break
-            time.sleep(0.05)
-        time.sleep(0.5)  # let the cell start
         ours = _workers() - workers_before
         assert ours, "the run's sandbox worker was not seen"
         proc.send_signal(signal.SIGINT)
@@ -235,6 +227,19 @@ def test_ctrl_c_flushes_trace_and_exits_130(tmp_path: Path) -> None:
     assert ends["stop_reason"] == "interrupted"
     time.sleep(0.2)
     assert not (_workers() & ours), "the interrupted run left its worker behind"
+
+
+def _running_a_cell(command: list[str], trace: Path) -> subprocess.Popen[str]:
+    """``command`` started, once the trace shows its first root reply and its cell has had time
+    to start."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if trace.exists() and '"type": "root_response"' in trace.read_text():
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)  # let the cell start
+    return proc
 
 
 def _workers() -> set[int]:
@@ -263,18 +268,7 @@ def test_ctrl_c_taken_by_another_thread_still_stops_a_long_cell(tmp_path: Path) 
     slow = '```python\nimport time\nprint("start", flush=True)\ntime.sleep(60)\n```'
     with FakeOpenAIServer(lambda m: slow) as server:
         spec = f"openai:m@{server.base_url}"
-        proc = subprocess.Popen(
-            [sys.executable, "-c", ELSEWHERE, spec, str(trace)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if trace.exists() and '"type": "root_response"' in trace.read_text():
-                break
-            time.sleep(0.05)
-        time.sleep(1.0)  # let the cell start
+        proc = _running_a_cell([sys.executable, "-c", ELSEWHERE, spec, str(trace)], trace)
         proc.send_signal(signal.SIGINT)
         try:
             out, err = proc.communicate(timeout=30)
