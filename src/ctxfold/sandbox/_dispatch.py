@@ -22,10 +22,6 @@ from ctxfold.sandbox._messages import serve_call
 
 INTERRUPT_GRACE_S = 2.0
 _RESIGNAL_S = 0.5
-# Linux gives a process's signal (Ctrl-C) to any of its threads, and one taken by another thread
-# does not interrupt this thread's wait; Python raises KeyboardInterrupt here only once this
-# thread runs again. So no single wait for the worker is longer than this.
-_SIGNAL_CHECK_S = 0.25
 _THREADS = 32
 
 
@@ -135,7 +131,6 @@ def serve_cell(
                 next_signal = now + _RESIGNAL_S
             wait = min(interrupted_at + INTERRUPT_GRACE_S, next_signal) - now
         wake = calls.wake_fd
-        wait = _SIGNAL_CHECK_S if wait is None else min(wait, _SIGNAL_CHECK_S)
         if wake in worker.wait(wait, wake):
             calls.drain_wake()
         try:

@@ -43,6 +43,7 @@ _RESULT = re.compile(rb'\s*\{\s*"op"\s*:\s*"result"\s*[,}]')
 _CALL_ID = re.compile(rb'\s*\{\s*"op"\s*:\s*"call"\s*,\s*"id"\s*:\s*(\d{1,15})\s*[,}]')
 SHUTDOWN_WAIT_S = 1.0
 _SEND_TIMEOUT_S = 10.0  # a worker that does not read its channel for this long is given up
+_WAIT_SLICE_S = 0.25  # the longest one wait for a worker blocks (see WorkerProcess.wait)
 _T = TypeVar("_T")
 _SPAWNER: list[ThreadPoolExecutor] = []  # one executor, made again in a forked child
 
@@ -332,16 +333,16 @@ class WorkerProcess:
         return True
 
     def wait(self, timeout: float | None, extra_fd: int | None = None) -> set[int]:
-        """Block until the channel (or ``extra_fd``) is readable, the worker exits, or timeout;
-        the fds that are ready."""
+        """Block until the channel (or ``extra_fd``) is readable, the worker exits, or timeout
+        (at most :data:`_WAIT_SLICE_S`); the fds that are ready."""
         if extra_fd is not None:
             self._poll.register(extra_fd, select.POLLIN)
-        if self._pidfd is None:  # no pidfd: look at the process now and then
-            timeout = 0.25 if timeout is None else min(timeout, 0.25)
-        elif timeout is not None:  # poll() takes an int of ms: a huge or infinite limit overflows
-            timeout = min(timeout, 3600.0)  # the caller's loop recomputes what is left
+        # Never long (callers loop and recompute what is left): without a pidfd the process is
+        # looked at now and then; and a signal (Ctrl-C) taken by another thread of the host does
+        # not interrupt this poll, so the KeyboardInterrupt waits until this thread runs again.
+        timeout = _WAIT_SLICE_S if timeout is None else min(timeout, _WAIT_SLICE_S)
         try:
-            ready = self._poll.poll(None if timeout is None else max(0, math.ceil(timeout * 1000)))
+            ready = self._poll.poll(max(0, math.ceil(timeout * 1000)))
         finally:
             if extra_fd is not None:
                 self._poll.unregister(extra_fd)
