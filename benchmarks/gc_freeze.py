@@ -10,6 +10,8 @@ variant says, then measures :func:`ctxfold.bench.perf.run_perf` (ctxfold, and rl
 installed). Processes alternate between the variants, so all see the same machine. Printed per
 process: the full garbage collections during the whole measurement, and for each library each
 repeat's batch / ideal, the full collections during the batches and the per-turn overhead.
+The collections during the measurement include the one ``run_perf`` makes at the end of its
+warm-up (since stop 25); the tables of stop 25 in ``perf-distributions.md`` were taken before.
 
 ``--pauses``: in one process set up as ``ctxfold serve`` is (the ``serve`` extra imported, an
 app made for an RLM that has answered once), five timed full collections, then
@@ -47,26 +49,15 @@ VARIANTS = ("as-is", "collected", "frozen")
 
 
 def _child(variant: str, repeats: int) -> None:
-    from ctxfold.bench.perf import run_perf
+    from ctxfold.bench.perf import full_collections, run_perf
 
     _started_up()
     if variant != "as-is":
         gc.collect()
     if variant == "frozen":
         gc.freeze()
-    full: list[float] = []
-    began = [0.0]
-
-    def note(phase: str, info: dict[str, int]) -> None:
-        if info["generation"] == 2:
-            if phase == "start":
-                began[0] = time.perf_counter()
-            else:
-                full.append(1000 * (time.perf_counter() - began[0]))
-
-    gc.callbacks.append(note)
-    report = run_perf(repeats=repeats)
-    gc.callbacks.remove(note)
+    with full_collections() as full:
+        report = run_perf(repeats=repeats)
     out: dict[str, object] = {"permanent": gc.get_freeze_count(), "full_ms": full}
     for perf in (report.ctxfold, report.rlms):
         if perf is not None:

@@ -48,9 +48,9 @@ def test_run_perf_tiny_reports_every_figure() -> None:
 def test_full_collections_during_a_block_are_timed_and_only_those() -> None:
     import gc
 
-    from ctxfold.bench.perf import _full_collections
+    from ctxfold.bench.perf import full_collections
 
-    with _full_collections() as pauses:
+    with full_collections() as pauses:
         gc.collect(0)  # a young collection is not counted
         assert pauses == []
         gc.collect()

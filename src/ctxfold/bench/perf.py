@@ -87,6 +87,7 @@ __all__ = [
     "LibraryPerf",
     "PerfReport",
     "SandboxFactory",
+    "full_collections",
     "machine_info",
     "rlms_version",
     "run_perf",
@@ -328,7 +329,7 @@ class _BatchSample:
 
 
 @contextlib.contextmanager
-def _full_collections() -> Iterator[list[float]]:
+def full_collections() -> Iterator[list[float]]:
     """The length (ms) of each full garbage collection in this process while the block runs:
     it holds the GIL, so every request thread of a batch waits it out."""
     pauses: list[float] = []
@@ -427,7 +428,7 @@ def _measure_turns(library: str, turns: int, setup: _Setup) -> _TurnSample:
 def _measure_batch(library: str, batch: int, latency: float, setup: _Setup) -> _BatchSample:
     run, function = _RUNNERS[library]
     _quiet()
-    with _serving(latency, setup.isolated_server) as server, _full_collections() as pauses:
+    with _serving(latency, setup.isolated_server) as server, full_collections() as pauses:
         answer = run(server.base_url, _question("batch", batch, function), 4, setup)
         stats = server.stats()
     seconds, _, n_ok = answer.strip().partition(" ")
