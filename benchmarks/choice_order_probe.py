@@ -18,22 +18,22 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from ctxfold.bench.tasks._trec import LABELS, _trec_dir
+from ctxfold.bench.tasks import TREC_LABELS, trec_dir
 from ctxfold.choices import choice_instruction, choice_prompt, match_choice
-from ctxfold.models._spec import resolve_model
+from ctxfold.models import resolve_model
 
-NAMES = list(LABELS.values())
+NAMES = list(TREC_LABELS.values())
 PER_LABEL = 10
 
 
 def _questions() -> list[tuple[str, str]]:
-    lines = (_trec_dir() / "TREC.train").read_text(encoding="latin-1").splitlines()
+    lines = (trec_dir() / "TREC.train").read_text(encoding="latin-1").splitlines()
     rows = [line.split(" ", 1) for line in lines if line.strip()]
     random.Random(11).shuffle(rows)
     taken: Counter[str] = Counter()
     items = []
     for code, text in rows:
-        label = LABELS[code.split(":")[0]]
+        label = TREC_LABELS[code.split(":")[0]]
         if taken[label] < PER_LABEL:
             taken[label] += 1
             items.append((label, text.strip()))

@@ -18,11 +18,11 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from ctxfold.bench.tasks._trec import LABELS, _trec_dir
+from ctxfold.bench.tasks import TREC_LABELS, trec_dir
 from ctxfold.choices import choice_prompt, match_choice
-from ctxfold.models._spec import resolve_model
+from ctxfold.models import resolve_model
 
-NAMES = list(LABELS.values())
+NAMES = list(TREC_LABELS.values())
 GROUP = 20
 # Written by the 1.5B root (oolong_root_probe.py, seed 1) for llm_batch(choices={...}).
 ROOT_NOTES = [
@@ -36,10 +36,10 @@ ROOT_NOTES = [
 
 
 def _questions(n: int = 40) -> list[tuple[str, str]]:
-    lines = (_trec_dir() / "TREC.test").read_text(encoding="latin-1").splitlines()
+    lines = (trec_dir() / "TREC.test").read_text(encoding="latin-1").splitlines()
     rows = [line.split(" ", 1) for line in lines if line.strip()]
     random.Random(5).shuffle(rows)
-    return [(LABELS[code.split(":")[0]], text.strip()) for code, text in rows[:n]]
+    return [(TREC_LABELS[code.split(":")[0]], text.strip()) for code, text in rows[:n]]
 
 
 def _label_in(text: str) -> str | None:

@@ -19,10 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import ctxfold
-from ctxfold.bench.tasks import get_task
-from ctxfold.bench.tasks._trec import LABELS, _load_trec
-from ctxfold.models import Completion, Message, Model, ScriptedModel
-from ctxfold.models._spec import resolve_model
+from ctxfold.bench.tasks import TREC_LABELS, get_task, load_trec
+from ctxfold.models import Completion, Message, Model, ScriptedModel, resolve_model
 
 
 class _Shown:
@@ -44,8 +42,8 @@ class _Shown:
 
 
 def _simulated_sub(p: float, seed: int) -> ScriptedModel:
-    truth = {q.text: LABELS[q.label] for q in _load_trec()}
-    names = list(LABELS.values())
+    truth = {q.text: TREC_LABELS[q.label] for q in load_trec()}
+    names = list(TREC_LABELS.values())
     rng = random.Random(seed)
 
     def reply(messages: list[Message]) -> str:

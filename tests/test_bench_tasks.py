@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 
 from ctxfold.bench._types import Instance, Task
-from ctxfold.bench.tasks import TASKS, get_task
+from ctxfold.bench.tasks import TASKS, TREC_DIR_ENV, get_task, load_trec, trec_dir
 from ctxfold.bench.tasks._common import _parse_int, _strip_fences
-from ctxfold.bench.tasks._trec import TREC_DIR_ENV, _load_trec, _trec_dir
 from ctxfold.bench.tasks.codeqa import CodeQATask, parse_choice
 from ctxfold.bench.tasks.math import MathTask, is_prime
 from ctxfold.bench.tasks.oolong import OolongTask
@@ -255,12 +254,12 @@ def test_oolong_scoring() -> None:
 
 def test_trec_loader_env_and_missing_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(TREC_DIR_ENV, str(tmp_path))
-    assert _trec_dir() == tmp_path
+    assert trec_dir() == tmp_path
     with pytest.raises(CtxfoldError, match=TREC_DIR_ENV):
-        _load_trec(str(tmp_path))
+        load_trec(str(tmp_path))
     monkeypatch.delenv(TREC_DIR_ENV)
-    assert _trec_dir().parts[-3:] == ("shared", "data", "trec")
-    assert len(_load_trec()) == 5_452 + 500
+    assert trec_dir().parts[-3:] == ("shared", "data", "trec")
+    assert len(load_trec()) == 5_452 + 500
 
 
 # --- oolong_pairs -----------------------------------------------------------------------------

@@ -9,11 +9,16 @@
 ``math``           exact integer aggregates over a generated data table
 ``research``       DeepDive/BrowseComp-Plus-style multi-hop questions over a generated corpus
 =================  ==========================================================================
+
+The TREC questions behind the two OOLONG tasks are public too, for probes and scripts:
+:data:`TREC_LABELS`, :func:`trec_dir` and :func:`load_trec`.
 """
 
 from __future__ import annotations
 
 from ctxfold.bench._types import Task
+from ctxfold.bench.tasks._trec import LABELS as TREC_LABELS
+from ctxfold.bench.tasks._trec import TREC_DIR_ENV, TrecQuestion, load_trec, trec_dir
 from ctxfold.bench.tasks.codeqa import CodeQATask
 from ctxfold.bench.tasks.math import MathTask
 from ctxfold.bench.tasks.oolong import OolongTask
@@ -25,14 +30,19 @@ from ctxfold.errors import CtxfoldError
 
 __all__ = [
     "TASKS",
+    "TREC_DIR_ENV",
+    "TREC_LABELS",
     "CodeQATask",
     "MathTask",
     "OolongPairsTask",
     "OolongTask",
     "ResearchTask",
     "SniahTask",
+    "TrecQuestion",
     "VerbatimTask",
     "get_task",
+    "load_trec",
+    "trec_dir",
 ]
 
 TASKS: dict[str, Task] = {

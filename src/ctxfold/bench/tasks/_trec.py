@@ -39,8 +39,11 @@ DATE_DAYS = 730  # Jan 01, 2023 .. Dec 31, 2024
 
 
 @dataclass(frozen=True, slots=True)
-class _Question:
-    label: str  # coarse code, e.g. "NUM"
+class TrecQuestion:
+    """One TREC question: its coarse label code (a key of :data:`LABELS`, e.g. ``"NUM"``) and
+    its text, spaces collapsed."""
+
+    label: str
     text: str
 
 
@@ -55,7 +58,9 @@ class _Row:
         return f"Date: {_fmt_date(self.date)} || User: {self.user} || Instance: {self.text}"
 
 
-def _trec_dir() -> Path:
+def trec_dir() -> Path:
+    """Where the TREC files are read from: ``$CTXFOLD_TREC_DIR``, else ``../shared/data/trec``
+    beside the repository."""
     env = os.environ.get(TREC_DIR_ENV)
     if env:
         return Path(env)
@@ -63,10 +68,12 @@ def _trec_dir() -> Path:
 
 
 @lru_cache(maxsize=4)
-def _load_trec(directory: str | None = None) -> tuple[_Question, ...]:
-    """Every TREC question (train then test) with its coarse label; read once per directory."""
-    root = Path(directory) if directory is not None else _trec_dir()
-    out: list[_Question] = []
+def load_trec(directory: str | None = None) -> tuple[TrecQuestion, ...]:
+    """Every TREC question (train then test) with its coarse label; read once per directory.
+
+    Raises :class:`CtxfoldError` when the files cannot be read."""
+    root = Path(directory) if directory is not None else trec_dir()
+    out: list[TrecQuestion] = []
     for name, encoding in _FILES:
         path = root / name
         try:
@@ -79,7 +86,7 @@ def _load_trec(directory: str | None = None) -> tuple[_Question, ...]:
         for line in raw.splitlines():
             match = _LINE_RE.match(line.strip())
             if match and match.group(1) in LABELS:
-                out.append(_Question(match.group(1), " ".join(match.group(3).split())))
+                out.append(TrecQuestion(match.group(1), " ".join(match.group(3).split())))
     if not out:
         raise CtxfoldError(f"no TREC questions could be read from {root}")
     return tuple(out)
@@ -88,7 +95,7 @@ def _load_trec(directory: str | None = None) -> tuple[_Question, ...]:
 @lru_cache(maxsize=4)
 def _by_label(directory: str | None = None) -> dict[str, tuple[str, ...]]:
     pools: dict[str, list[str]] = {code: [] for code in CODES}
-    for q in _load_trec(directory):
+    for q in load_trec(directory):
         pools[q.label].append(q.text)
     return {code: tuple(texts) for code, texts in pools.items()}
 
