@@ -235,6 +235,19 @@ def test_unknown_sub_model_name_is_refused() -> None:
     assert "unknown model" in result.trace.of_type(Cell)[0].stdout
 
 
+def test_models_lists_every_model_code_may_pick_read_only() -> None:
+    extra = ScriptedModel(lambda m: "extra-answer", name="extra")
+    rlm = make_rlm([code('FINAL("x")')], models={"big": extra})
+    assert {name: model.name for name, model in rlm.models.items()} == {
+        "root": "root",
+        "sub": "sub",
+        "big": "extra",
+    }
+    with pytest.raises(TypeError):
+        rlm.models["other"] = extra  # type: ignore[index]
+    rlm.close()
+
+
 def test_rlm_query_runs_a_child_engine_when_depth_allows() -> None:
     def root(messages: list[Message]) -> str:
         task = messages[1]["content"]

@@ -352,10 +352,19 @@ SETTLED = """
 import gc, sys
 import ctxfold
 from ctxfold.cli._common import settle_heap
-rlm = ctxfold.RLM(model="openai:gpt-4o-mini@http://127.0.0.1:9/v1", sub_model=sys.argv[1])
+class Extra(ctxfold.models.ScriptedModel):
+    asked = False
+    @property
+    def priced(self):
+        Extra.asked = True
+        return False
+extra = {"extra": Extra([], name="extra")}
+rlm = ctxfold.RLM(model="openai:gpt-4o-mini@http://127.0.0.1:9/v1", sub_model=sys.argv[1],
+                  models=extra)
 loaded = "genai_prices.data" in sys.modules
 settle_heap([rlm])
-print(loaded, "genai_prices.data" in sys.modules, gc.get_freeze_count(), len(gc.get_objects()))
+print(loaded, "genai_prices.data" in sys.modules, gc.get_freeze_count(), len(gc.get_objects()),
+      Extra.asked)
 """
 
 
@@ -372,3 +381,4 @@ def test_a_long_lived_verb_settles_its_heap_before_serving() -> None:
     loaded_before, loaded_after, frozen, tracked = out[0], out[1], int(out[2]), int(out[3])
     assert (loaded_before, loaded_after) == ("False", "True")
     assert frozen > 20_000 and tracked < 1_000
+    assert out[4] == "True"  # an extra model's price is looked up too

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from ctxfold._threads import in_thread
@@ -280,6 +281,12 @@ class RLM:
             first: list[Sandbox] = [spec]  # type: ignore[list-item]
             return lambda: first.pop() if first else ProcessSandbox(spare=spares)
         return spec
+
+    @property
+    def models(self) -> Mapping[str, Model]:
+        """Every model this RLM may call, by name (read-only): the root model, the sub-model
+        and the extra ``models`` code may pick with ``llm_query(..., model=NAME)``."""
+        return MappingProxyType(self._models)
 
     def run(
         self,
