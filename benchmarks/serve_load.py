@@ -11,6 +11,14 @@ side by side in one run:
   once the bursts are done (at most the one spare kept warm for the next run).
 
     python benchmarks/serve_load.py --requests 64 --latency 0.5 --rounds 3
+
+With ``--freeze-compare K`` it instead starts the server K times in each of three forms, in
+turn: as shipped; without loading the model's SDK before the start-up ``gc.freeze()`` (it then
+loads on the first request); and with that freeze made a no-op. It prints each request's
+latency within the bursts (median, 95th percentile, max) and the full garbage collections the
+server made during them, which hold the GIL while every request waits:
+
+    python benchmarks/serve_load.py --requests 64 --latency 0.5 --rounds 3 --freeze-compare 3
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -70,25 +79,109 @@ def _ancestors(pid: int) -> set[int]:
     return out
 
 
-async def _burst(url: str, n: int) -> tuple[float, int]:
+# Runs the server with a timer of its full collections (one line per collection in argv[1]);
+# argv[2] "unfrozen" makes the start-up gc.freeze() a no-op, "unprepared" the loading of the
+# model's SDK before it (OpenAIModel.prepare); the rest is ctxfold's command line.
+_SERVER = """
+import gc, sys, time
+from ctxfold.cli import main
+log, began = open(sys.argv[1], "a", buffering=1), [0.0]
+def note(phase, info):
+    if info["generation"] == 2:
+        if phase == "start":
+            began[0] = time.perf_counter()
+        else:
+            log.write(f"{1000 * (time.perf_counter() - began[0]):.3f}\\n")
+gc.callbacks.append(note)
+if sys.argv[2] == "unfrozen":
+    gc.freeze = lambda: None
+if sys.argv[2] == "unprepared":
+    import ctxfold.models
+    ctxfold.models.OpenAIModel.prepare = lambda self: None
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+async def _burst(url: str, n: int, latencies: list[float] | None = None) -> tuple[float, int]:
     client = openai.AsyncOpenAI(base_url=url, api_key="none", max_retries=0, timeout=600)
-    started = time.perf_counter()
-    replies = await asyncio.gather(
-        *(
-            client.chat.completions.create(
-                model="ctxfold",
-                messages=[
-                    {"role": "system", "content": "x" * (i + 1)},
-                    {"role": "user", "content": "n?"},
-                ],
-            )
-            for i in range(n)
+
+    async def one(i: int) -> str | None:
+        began = time.perf_counter()
+        reply = await client.chat.completions.create(
+            model="ctxfold",
+            messages=[
+                {"role": "system", "content": "x" * (i + 1)},
+                {"role": "user", "content": "n?"},
+            ],
         )
-    )
+        if latencies is not None:
+            latencies.append(time.perf_counter() - began)
+        return reply.choices[0].message.content
+
+    started = time.perf_counter()
+    replies = await asyncio.gather(*(one(i) for i in range(n)))
     seconds = time.perf_counter() - started
-    right = sum(r.choices[0].message.content == f"n={i + 1}" for i, r in enumerate(replies))
+    right = sum(text == f"n={i + 1}" for i, text in enumerate(replies))
     await client.close()
     return seconds, right
+
+
+def _start(command: list[str]) -> tuple[subprocess.Popen[str], str]:
+    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    assert server.stderr is not None
+    url = re.search(r"(http://\S+)", server.stderr.readline()).group(1)  # type: ignore[union-attr]
+    return server, url
+
+
+def _stop(server: subprocess.Popen[str]) -> None:
+    server.terminate()
+    server.wait(60)
+
+
+VARIANTS = ("shipped", "unprepared", "unfrozen")
+
+
+def _freeze_compare(args: argparse.Namespace, base_url: str) -> None:
+    """The server in each of :data:`VARIANTS`, in turn, ``args.freeze_compare`` times each:
+    request latencies within bursts, and the full collections during them."""
+    n, ideal = args.requests, 3 * args.latency
+    latencies: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+    pauses: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+    walls: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+    with tempfile.TemporaryDirectory() as scratch:
+        for k in range(args.freeze_compare):
+            for variant in VARIANTS:
+                log = Path(scratch) / f"{variant}-{k}.log"
+                log.touch()
+                command = [
+                    sys.executable, "-c", _SERVER, str(log), variant, "serve",
+                    "--model", f"openai:fake@{base_url}", "--port", "0", "--max-concurrent", str(n),
+                ]  # fmt: skip
+                server, url = _start(command)
+                try:
+                    asyncio.run(_burst(url, 1))  # one run first, as a served server has had
+                    before = len(log.read_text().splitlines())
+                    for _ in range(args.rounds):
+                        seconds, right = asyncio.run(_burst(url, n, latencies[variant]))
+                        assert right == n, f"{variant}: {right}/{n} right"
+                        walls[variant].append(seconds)
+                    pauses[variant] += [float(x) for x in log.read_text().split()[before:]]
+                finally:
+                    _stop(server)
+    print(f"{n} requests at once, model latency {args.latency} s, ideal {ideal:.2f} s per run;")
+    print(f"{args.freeze_compare} servers of each, {args.rounds} bursts each, in turn\n")
+    print("| server | requests | latency median / p95 / max s | burst wall median s "
+          "| full GCs during bursts | their total / longest ms |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for variant, times in latencies.items():
+        ordered = sorted(times)
+        p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+        gcs = pauses[variant]
+        print(
+            f"| {variant} | {len(times)} | {statistics.median(times):.3f} / {p95:.3f} / "
+            f"{ordered[-1]:.3f} | {statistics.median(walls[variant]):.2f} | {len(gcs)} | "
+            f"{sum(gcs):.1f} / {max(gcs, default=0.0):.1f} |"
+        )
 
 
 def main() -> None:
@@ -97,17 +190,22 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.5, help="seconds per model call")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--singles", type=int, default=5)
+    parser.add_argument(
+        "--freeze-compare", type=int, default=0, metavar="K",
+        help="compare K servers as shipped, without the SDK loaded before the freeze, unfrozen",
+    )  # fmt: skip
     args = parser.parse_args()
     n, latency = args.requests, args.latency
     ideal = 3 * latency
     with FakeOpenAIServer(_reply, latency=latency) as fake:
+        if args.freeze_compare:
+            _freeze_compare(args, fake.base_url)
+            return
         command = [
             sys.executable, "-m", "ctxfold", "serve", "--model", f"openai:fake@{fake.base_url}",
             "--port", "0", "--max-concurrent", str(n),
         ]  # fmt: skip
-        server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-        assert server.stderr is not None
-        url = re.search(r"(http://\S+)", server.stderr.readline()).group(1)  # type: ignore[union-attr]
+        server, url = _start(command)
         try:
             singles = [asyncio.run(_burst(url, 1))[0] for _ in range(args.singles)]
             rss_start = _rss_mib(server.pid)
@@ -118,8 +216,7 @@ def main() -> None:
             time.sleep(1.0)
             left = _workers(server.pid)
         finally:
-            server.terminate()
-            server.wait(60)
+            _stop(server)
         overhead = statistics.median(singles) - ideal
         print(f"{n} requests at once, model latency {latency} s, ideal {ideal:.2f} s per run\n")
         print(

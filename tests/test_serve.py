@@ -358,27 +358,34 @@ class Extra(ctxfold.models.ScriptedModel):
     def priced(self):
         Extra.asked = True
         return False
-extra = {"extra": Extra([], name="extra")}
+extra = {"extra": Extra([], name="extra"), "claude": ctxfold.models.AnthropicModel(
+    "claude-sonnet-4-5", api_key="none", base_url="http://127.0.0.1:9")}
 rlm = ctxfold.RLM(model="openai:gpt-4o-mini@http://127.0.0.1:9/v1", sub_model=sys.argv[1],
                   models=extra)
-loaded = "genai_prices.data" in sys.modules
+sdks = ("genai_prices.data", "openai", "anthropic")
+loaded = [name in sys.modules for name in sdks]
 settle_heap([rlm])
-print(loaded, "genai_prices.data" in sys.modules, gc.get_freeze_count(), len(gc.get_objects()),
-      Extra.asked)
+print(loaded, [name in sys.modules for name in sdks], gc.get_freeze_count(),
+      len(gc.get_objects()), Extra.asked, sep=";")
 """
 
 
 def test_a_long_lived_verb_settles_its_heap_before_serving() -> None:
-    # serve and mcp call this once set up: the price table is loaded then, and all start-up
-    # made is frozen, so full collections while serving walk only what serving makes.
-    out = subprocess.run(
-        [sys.executable, "-c", SETTLED, "openai:gpt-4o@http://127.0.0.1:9/v1"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout.split()
+    # serve and mcp call this once set up: the price table and the SDKs are loaded then, and
+    # all start-up made is frozen, so full collections while serving walk only what serving makes.
+    out = (
+        subprocess.run(
+            [sys.executable, "-c", SETTLED, "openai:gpt-4o@http://127.0.0.1:9/v1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        .stdout.strip()
+        .split(";")
+    )
     loaded_before, loaded_after, frozen, tracked = out[0], out[1], int(out[2]), int(out[3])
-    assert (loaded_before, loaded_after) == ("False", "True")
+    # the price table, and the SDKs of the root and an extra model, load before the freeze
+    assert (loaded_before, loaded_after) == ("[False, False, False]", "[True, True, True]")
     assert frozen > 20_000 and tracked < 1_000
     assert out[4] == "True"  # an extra model's price is looked up too

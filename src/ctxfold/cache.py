@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ctxfold.errors import CtxfoldError
-from ctxfold.models import Completion, Message, Model, TokenUsage
+from ctxfold.models import Completion, Message, Model, TokenUsage, prepare_model
 
 __all__ = ["CacheStats", "CachedModel", "ResponseCache", "default_cache_path"]
 
@@ -151,6 +151,10 @@ class CachedModel:
         completion = await self.model.acomplete(messages, **options)
         self.cache.put(key, self.name, completion)
         return completion
+
+    def prepare(self) -> None:
+        """Prepare the wrapped model, if it can be (``OpenAIModel.prepare``)."""
+        prepare_model(self.model)
 
     def close(self) -> None:
         """Nothing: the wrapped model is its maker's to close."""

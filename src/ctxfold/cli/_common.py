@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ctxfold.errors import CtxfoldError
+from ctxfold.models import prepare_model
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -141,8 +142,8 @@ def serve_extra() -> None:
 
 def settle_heap(rlms: Iterable[RLM]) -> None:
     """Before a long-lived verb (``serve``, ``mcp``) starts serving: look up the prices of every
-    model its RLMs may call (the price table loads on first use), then freeze what start-up made
-    (``gc.freeze()``).
+    model its RLMs may call (the price table loads on first use) and have each load its SDK
+    (:func:`~ctxfold.models.prepare_model`), then freeze what start-up made (``gc.freeze()``).
 
     A full garbage collection holds the GIL, so every request thread waits it out. Set up as
     ``serve`` is, one walked about 157,000 objects and took 92-118 ms; frozen, those objects are
@@ -150,5 +151,6 @@ def settle_heap(rlms: Iterable[RLM]) -> None:
     for rlm in rlms:
         for model in rlm.models.values():
             getattr(model, "priced", None)
+            prepare_model(model)
     gc.collect()  # what start-up left as garbage is freed, not frozen
     gc.freeze()

@@ -11,6 +11,7 @@ from ctxfold.models._base import (
     TokenUsage,
     ToolCompletion,
     ToolModel,
+    prepare_model,
 )
 from ctxfold.models._options import WithOptions
 from ctxfold.models._prices import table_price, warn_if_unpriced
@@ -37,6 +38,7 @@ __all__ = [
     "count_message_tokens",
     "count_tokens",
     "foreign_endpoint",
+    "prepare_model",
     "resolve_model",
     "table_price",
     "warn_if_unpriced",

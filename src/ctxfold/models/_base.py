@@ -85,6 +85,14 @@ class Model(Protocol):
 # -- native tool calling: an optional capability, apart from the Model protocol ----------------
 
 
+def prepare_model(model: Model) -> None:
+    """Have ``model`` load what it would load on its first call (a hosted client's SDK), if it
+    has a ``prepare()`` method; other models need nothing."""
+    prepare = getattr(model, "prepare", None)
+    if callable(prepare):
+        prepare()
+
+
 @dataclass(frozen=True, slots=True)
 class NativeToolCall:
     """One tool call a model asked for in its own tool-calling format.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ctxfold.models._base import Completion, Message, Model
+from ctxfold.models._base import Completion, Message, Model, prepare_model
 
 
 class WithOptions:
@@ -24,6 +24,10 @@ class WithOptions:
 
     async def acomplete(self, messages: Sequence[Message], **options: Any) -> Completion:
         return await self.model.acomplete(messages, **(self.options | options))
+
+    def prepare(self) -> None:
+        """Prepare the wrapped model, if it can be (``OpenAIModel.prepare``)."""
+        prepare_model(self.model)
 
     def close(self) -> None:
         """Nothing: the wrapped model is its maker's to close."""

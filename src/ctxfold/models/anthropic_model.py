@@ -298,6 +298,11 @@ class AnthropicModel:
         """Whether the cost of its calls is known (given prices, or the price table's)."""
         return self.price_per_mtok is not None or (table_knows(self.name, "anthropic"))
 
+    def prepare(self) -> None:
+        """Import the SDK and build the client now rather than on the first call (see
+        :meth:`OpenAIModel.prepare`). Connects to nothing."""
+        self._clients.sync()
+
     def _adopt(self) -> None:
         import anthropic  # the SDKs load on first use
         import httpx2

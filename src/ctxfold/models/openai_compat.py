@@ -398,6 +398,12 @@ class OpenAIModel:
         """Whether the cost of its calls is known (given prices, or the price table's)."""
         return self.price_per_mtok is not None or (table_knows(self.name, "openai"))
 
+    def prepare(self) -> None:
+        """Import the SDK and build the client now rather than on the first call. A server
+        calls this before it freezes its start-up heap, so the SDK's many objects are frozen
+        too. Connects to nothing."""
+        self._clients.sync()
+
     # -- SDK clients -----------------------------------------------------------------------
 
     def _adopt(self, sdk: ModuleType) -> None:
