@@ -9,7 +9,7 @@ from typing import Any
 
 import ctxfold
 from ctxfold.cache import CachedModel, ResponseCache
-from ctxfold.models import ScriptedModel
+from ctxfold.models import ScriptedModel, WithOptions, prepare_model
 from ctxfold.testing.fake_openai import FakeOpenAIServer
 from ctxfold.trace import RootResponse, SubcallEnd
 
@@ -96,3 +96,18 @@ def test_ask_cache_and_the_cache_command(tmp_path: Path) -> None:
     assert "5 replies" in stats.stdout and "fake: 5" in stats.stdout
     assert "removed 5 replies" in ctxfold_cli("cache", "clear", "--path", cache).stdout
     assert "0 replies" in ctxfold_cli("cache", "stats", "--path", cache).stdout
+
+
+class _Preparable(ScriptedModel):
+    prepared = 0
+
+    def prepare(self) -> None:
+        self.prepared += 1
+
+
+def test_prepare_reaches_the_model_inside_the_wrappers(tmp_path: Path) -> None:
+    inner = _Preparable(["x"])
+    cached = CachedModel(WithOptions(inner, temperature=0.5), ResponseCache(tmp_path / "c.sqlite"))
+    prepare_model(cached)
+    assert inner.prepared == 1
+    prepare_model(ScriptedModel(["x"]))  # a model with nothing to prepare is left alone
