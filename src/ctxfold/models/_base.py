@@ -82,15 +82,15 @@ class Model(Protocol):
     def close(self) -> None: ...
 
 
-# -- native tool calling: an optional capability, apart from the Model protocol ----------------
-
-
 def prepare_model(model: Model) -> None:
     """Have ``model`` load what it would load on its first call (a hosted client's SDK), if it
     has a ``prepare()`` method; other models need nothing."""
     prepare = getattr(model, "prepare", None)
     if callable(prepare):
         prepare()
+
+
+# -- native tool calling: an optional capability, apart from the Model protocol ----------------
 
 
 @dataclass(frozen=True, slots=True)
